@@ -1,0 +1,1 @@
+//! Executes build steps: snapshots, the RUN sandbox, and COPY/ADD file operations.

@@ -1,0 +1,1 @@
+//! OCI images: layers, configs, manifests, the local image store and registries.

@@ -1,0 +1,1 @@
+//! Dockerfile parser: grammar, typed AST with spans, and shell-word expansion.

@@ -1,0 +1,1 @@
+//! Turns a parsed Dockerfile into a graph of cached steps and runs it.
