@@ -1,0 +1,167 @@
+//! The step cache index: `root/cache/<key-hex>.json`, one JSON record per
+//! cache key. The record type belongs to the caller (the solver); this
+//! module only stores it atomically and finds it again.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::write_atomic;
+use crate::error::{Error, Result};
+use crate::{Digest, DigestError};
+
+/// The cache key of a build step: a sha256 over a canonical encoding of
+/// everything that determines the step's result.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CacheKey(pub Digest);
+
+impl CacheKey {
+    /// The digest the key is.
+    pub fn digest(&self) -> &Digest {
+        &self.0
+    }
+}
+
+impl From<Digest> for CacheKey {
+    fn from(d: Digest) -> CacheKey {
+        CacheKey(d)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for CacheKey {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<CacheKey, DigestError> {
+        s.parse().map(CacheKey)
+    }
+}
+
+/// The on-disk map from [`CacheKey`] to a caller-defined record.
+#[derive(Clone, Debug)]
+pub struct CacheIndex {
+    dir: PathBuf,
+}
+
+impl CacheIndex {
+    /// Opens (creating if needed) the index under `store_root/cache`.
+    pub fn open(store_root: &Path) -> Result<CacheIndex> {
+        let dir = store_root.join("cache");
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        Ok(CacheIndex { dir })
+    }
+
+    /// The file holding a key's record.
+    pub fn path(&self, key: &CacheKey) -> PathBuf {
+        self.dir.join(format!("{}.json", key.0.hex()))
+    }
+
+    /// The record stored under `key`, if any.
+    ///
+    /// A record that no longer decodes as `T` (written by an older rbuild
+    /// with another record format) is a cache miss, not an error: the step
+    /// simply runs again and overwrites it.
+    pub fn get<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<T>> {
+        let p = self.path(key);
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", p, e)),
+        };
+        Ok(serde_json::from_slice(&data).ok())
+    }
+
+    /// Stores `record` under `key` atomically (replacing any older one).
+    pub fn put<T: Serialize>(&self, key: &CacheKey, record: &T) -> Result<()> {
+        let data = serde_json::to_vec(record).map_err(|source| Error::Encode {
+            what: format!("cache record {key}"),
+            source,
+        })?;
+        write_atomic(&self.path(key), &data)
+    }
+
+    /// Deletes a key's record; `false` if there was none.
+    pub fn remove(&self, key: &CacheKey) -> Result<bool> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("remove", p, e)),
+        }
+    }
+
+    /// Every key with a record, sorted (for `check`, `du` and `prune`).
+    pub fn keys(&self) -> Result<Vec<CacheKey>> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("read directory", &self.dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read directory", &self.dir, e))?;
+            let name = entry.file_name();
+            if let Some(d) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|h| Digest::from_hex(h).ok())
+            {
+                out.push(CacheKey(d));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Rec {
+        layer: Option<Digest>,
+        note: String,
+    }
+
+    #[test]
+    fn put_get_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(dir.path()).unwrap();
+        let k = CacheKey(Digest::of_bytes(b"step"));
+        assert_eq!(idx.get::<Rec>(&k).unwrap(), None);
+        let r = Rec {
+            layer: Some(Digest::of_bytes(b"l")),
+            note: "COPY a b".into(),
+        };
+        idx.put(&k, &r).unwrap();
+        assert_eq!(idx.get::<Rec>(&k).unwrap(), Some(r));
+        assert_eq!(idx.keys().unwrap(), vec![k]);
+        assert!(idx.remove(&k).unwrap());
+        assert!(!idx.remove(&k).unwrap());
+        assert_eq!(idx.get::<Rec>(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn undecodable_record_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(dir.path()).unwrap();
+        let k = CacheKey(Digest::of_bytes(b"step"));
+        fs::write(idx.path(&k), b"{\"old\": true}").unwrap();
+        assert_eq!(idx.get::<Rec>(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn key_round_trips_as_string() {
+        let k = CacheKey(Digest::of_bytes(b"x"));
+        assert_eq!(k.to_string().parse::<CacheKey>().unwrap(), k);
+        assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.0));
+    }
+}
