@@ -1,1 +1,6 @@
 //! Executes build steps: snapshots, the RUN sandbox, and COPY/ADD file operations.
+
+pub mod context;
+pub mod dockerignore;
+mod goregex;
+pub mod pathmatch;

@@ -1,0 +1,678 @@
+//! The build context: the directory tree a build may read, as filtered by
+//! `.dockerignore`, and the selection of COPY/ADD sources from it.
+//!
+//! [`BuildContext::open`] walks the directory once (lstat only, no file
+//! contents) and keeps the included entries. [`BuildContext::select`] turns
+//! the sources of one COPY/ADD into a [`Selection`], resolving wildcards
+//! (Go `filepath.Match`, as BuildKit) and symlinks named as sources (followed,
+//! but only inside the context). [`Selection::digest`] computes the content
+//! digest used in cache keys, hashing files in parallel and reusing digests
+//! from the store's [`StatCache`] so a no-op rebuild reads no file contents.
+//!
+//! Unix sockets are skipped, as Docker's archiver does; FIFOs and device
+//! nodes are kept as entries (never opened) and copied as nodes. Writing
+//! selected files into an image is [`crate::copy`]'s job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use rbuild_cache::{Digest, Hasher, StatCache};
+
+use crate::dockerignore::{MatchState, Matcher, PatternError};
+use crate::pathmatch::{clean, filepath_match};
+
+/// Errors about the build context and COPY/ADD sources.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The host path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The `.dockerignore` file is invalid.
+    #[error("invalid .dockerignore: {0}")]
+    Ignore(#[from] PatternError),
+    /// A `--exclude` pattern is invalid.
+    #[error("invalid --exclude pattern: {0}")]
+    Exclude(PatternError),
+    /// A source does not exist in the context (or is excluded by
+    /// `.dockerignore`).
+    #[error("COPY source {name:?} not found in the build context")]
+    NotFound {
+        /// The source as written.
+        name: String,
+    },
+    /// A wildcard source matched nothing.
+    #[error("COPY source {name:?} matched no files in the build context")]
+    NoMatch {
+        /// The source as written.
+        name: String,
+    },
+    /// A wildcard source is not a valid pattern.
+    #[error("COPY source {name:?} is not a valid pattern")]
+    BadPattern {
+        /// The source as written.
+        name: String,
+    },
+    /// A source names a path outside the context (`../x`), or a symlink
+    /// on its path leads outside it.
+    #[error("COPY source {name:?} is outside the build context{}", via.as_ref().map(|v| format!(" (through symlink {v})")).unwrap_or_default())]
+    OutsideContext {
+        /// The source as written.
+        name: String,
+        /// The symlink that leads out, `path -> target`, if any.
+        via: Option<String>,
+    },
+    /// Symlinks on a source's path loop.
+    #[error("COPY source {name:?}: too many levels of symbolic links")]
+    SymlinkLoop {
+        /// The source as written.
+        name: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, ContextError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContextError + 'a {
+    move |source| ContextError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a context entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link with its target, as stored.
+    Symlink(String),
+    /// A named pipe.
+    Fifo,
+    /// A character device (`rdev` in the metadata).
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl EntryKind {
+    fn tag(&self) -> u8 {
+        match self {
+            EntryKind::Dir => b'd',
+            EntryKind::File => b'f',
+            EntryKind::Symlink(_) => b'l',
+            EntryKind::Fifo => b'p',
+            EntryKind::CharDevice => b'c',
+            EntryKind::BlockDevice => b'b',
+        }
+    }
+}
+
+/// One included path of the context.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// What it is.
+    pub kind: EntryKind,
+    /// Its `lstat` metadata, taken during the walk.
+    pub meta: Metadata,
+}
+
+impl Entry {
+    /// Permission bits, including setuid, setgid and sticky.
+    pub fn mode(&self) -> u32 {
+        self.meta.mode() & 0o7777
+    }
+}
+
+/// A build context directory with its `.dockerignore` applied.
+#[derive(Debug)]
+pub struct BuildContext {
+    root: PathBuf,
+    /// Included entries by slash-separated relative path, sorted.
+    entries: BTreeMap<String, Entry>,
+    /// The context root's own metadata.
+    root_meta: Metadata,
+    /// Unix sockets that were left out.
+    skipped: Vec<String>,
+}
+
+impl BuildContext {
+    /// Walks `dir` and applies `ignore_text` (the content of the chosen
+    /// ignore file: `<Dockerfile>.dockerignore` if it exists, else the
+    /// context's `.dockerignore`; that choice is the caller's).
+    ///
+    /// An excluded directory is still descended into when a later `!`
+    /// pattern could re-include something inside it; the parents of a
+    /// re-included path are kept as entries (their metadata is the real one).
+    pub fn open(dir: &Path, ignore_text: Option<&str>) -> Result<BuildContext> {
+        let matcher = Matcher::from_ignore_file(ignore_text.unwrap_or(""))?;
+        let root = fs::canonicalize(dir).map_err(io_err("open build context", dir))?;
+        let root_meta = fs::metadata(&root).map_err(io_err("stat", &root))?;
+        if !root_meta.is_dir() {
+            return Err(ContextError::Io {
+                op: "open build context",
+                path: root,
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        let mut ctx = BuildContext {
+            root,
+            entries: BTreeMap::new(),
+            root_meta,
+            skipped: Vec::new(),
+        };
+        let mut walker = Walker {
+            matcher: &matcher,
+            ctx: &mut ctx,
+        };
+        let root = walker.ctx.root.clone();
+        walker.walk(&root, "", &MatchState::default(), &mut Vec::new())?;
+        Ok(ctx)
+    }
+
+    /// The canonical context directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// All included entries, sorted by relative path.
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    /// Unix sockets found in the context and left out (relative paths).
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+
+    /// Resolves a relative path through the context's symlinks, staying
+    /// inside the context: absolute targets and `..` above the root are
+    /// errors. `follow_last` also follows a final symlink. `Ok(None)` when a
+    /// component does not exist (or is excluded).
+    fn resolve(&self, source: &str, path: &str, follow_last: bool) -> Result<Option<String>> {
+        let mut pending: Vec<String> = path.split('/').rev().map(str::to_string).collect();
+        let mut cur: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(comp) = pending.pop() {
+            match comp.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    if cur.pop().is_none() {
+                        return Err(ContextError::OutsideContext {
+                            name: source.to_string(),
+                            via: None,
+                        });
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(comp);
+            let joined = cur.join("/");
+            let Some(entry) = self.entries.get(&joined) else {
+                return Ok(None);
+            };
+            if let EntryKind::Symlink(target) = &entry.kind {
+                if pending.is_empty() && !follow_last {
+                    continue;
+                }
+                hops += 1;
+                if hops > 40 {
+                    return Err(ContextError::SymlinkLoop {
+                        name: source.to_string(),
+                    });
+                }
+                let outside = || ContextError::OutsideContext {
+                    name: source.to_string(),
+                    via: Some(format!("{joined} -> {target}")),
+                };
+                if target.starts_with('/') {
+                    return Err(outside());
+                }
+                cur.pop();
+                // `..` in the target is checked against the link's directory.
+                let base = cur.join("/");
+                let combined = if base.is_empty() {
+                    target.clone()
+                } else {
+                    format!("{base}/{target}")
+                };
+                if clean(&combined).starts_with("..") {
+                    return Err(outside());
+                }
+                pending.extend(target.split('/').rev().map(str::to_string));
+            }
+        }
+        Ok(Some(cur.join("/")))
+    }
+
+    /// Selects the sources of one COPY/ADD.
+    ///
+    /// `sources` are the source words after variable expansion. A leading `/`
+    /// means the context root; a path leading out of the context (`../x`) is
+    /// an error. Sources with `*`, `?` or `[` are wildcards matched with Go's
+    /// `filepath.Match` against context paths of the same depth; each match
+    /// is selected as if named. `follow_symlinks` follows a symlink named as
+    /// a source (Docker does); symlinks inside a selected directory are kept
+    /// as symlinks. `excludes` are `--exclude` patterns (`.dockerignore`
+    /// syntax), matched against paths relative to each selected directory,
+    /// or against a selected file's name.
+    pub fn select(
+        &self,
+        sources: &[String],
+        excludes: &[String],
+        follow_symlinks: bool,
+    ) -> Result<Selection> {
+        let excludes = Matcher::new(excludes).map_err(ContextError::Exclude)?;
+        let mut selected = Vec::new();
+        for source in sources {
+            let rel = clean(source.trim_start_matches('/'));
+            if rel == ".." || rel.starts_with("../") {
+                return Err(ContextError::OutsideContext {
+                    name: source.clone(),
+                    via: None,
+                });
+            }
+            let rel = if rel == "." { String::new() } else { rel };
+            if has_wildcards(&rel) {
+                let depth = rel.split('/').count();
+                let mut matches = Vec::new();
+                for path in self.entries.keys() {
+                    if path.split('/').count() != depth {
+                        continue;
+                    }
+                    match filepath_match(&rel, path) {
+                        Ok(true) => matches.push(path.clone()),
+                        Ok(false) => {}
+                        Err(_) => {
+                            return Err(ContextError::BadPattern {
+                                name: source.clone(),
+                            })
+                        }
+                    }
+                }
+                if matches.is_empty() {
+                    return Err(ContextError::NoMatch {
+                        name: source.clone(),
+                    });
+                }
+                for m in matches {
+                    selected.push(self.select_one(source, &m, follow_symlinks, &excludes)?);
+                }
+            } else {
+                selected.push(self.select_one(source, &rel, follow_symlinks, &excludes)?);
+            }
+        }
+        Ok(Selection {
+            root: self.root.clone(),
+            sources: selected,
+        })
+    }
+
+    fn select_one(
+        &self,
+        source: &str,
+        rel: &str,
+        follow: bool,
+        excludes: &Matcher,
+    ) -> Result<SelectedSource> {
+        let not_found = || ContextError::NotFound {
+            name: source.to_string(),
+        };
+        let path = self.resolve(source, rel, follow)?.ok_or_else(not_found)?;
+        let top = if path.is_empty() {
+            Entry {
+                kind: EntryKind::Dir,
+                meta: self.root_meta.clone(),
+            }
+        } else {
+            self.entries.get(&path).ok_or_else(not_found)?.clone()
+        };
+        let mut files = Vec::new();
+        let name = rel.rsplit('/').next().unwrap_or_default().to_string();
+        if top.kind == EntryKind::Dir {
+            files.push(SelectedFile {
+                rel: String::new(),
+                context_path: path.clone(),
+                entry: top.clone(),
+            });
+            let prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{path}/")
+            };
+            // Per-pattern results of each directory, for its children.
+            let mut states: HashMap<String, MatchState> = HashMap::new();
+            let mut chosen: BTreeMap<String, SelectedFile> = BTreeMap::new();
+            for (p, entry) in self.entries.range(prefix.clone()..) {
+                let Some(inner) = p.strip_prefix(&prefix) else {
+                    break;
+                };
+                if !excludes.is_empty() {
+                    let parent = inner
+                        .rfind('/')
+                        .and_then(|i| states.get(&inner[..i]))
+                        .cloned()
+                        .unwrap_or_default();
+                    let (excluded, state) = excludes
+                        .excluded_in(inner, &parent)
+                        .map_err(ContextError::Exclude)?;
+                    if entry.kind == EntryKind::Dir {
+                        states.insert(inner.to_string(), state);
+                    }
+                    if excluded {
+                        continue;
+                    }
+                    // Directories excluded above a re-included entry are
+                    // still needed to hold it.
+                    let mut end = 0;
+                    while let Some(i) = inner[end..].find('/') {
+                        end += i;
+                        let dir = &inner[..end];
+                        if !chosen.contains_key(dir) {
+                            let full = format!("{prefix}{dir}");
+                            if let Some(e) = self.entries.get(&full) {
+                                chosen.insert(
+                                    dir.to_string(),
+                                    SelectedFile {
+                                        rel: dir.to_string(),
+                                        context_path: full,
+                                        entry: e.clone(),
+                                    },
+                                );
+                            }
+                        }
+                        end += 1;
+                    }
+                }
+                chosen.insert(
+                    inner.to_string(),
+                    SelectedFile {
+                        rel: inner.to_string(),
+                        context_path: p.clone(),
+                        entry: entry.clone(),
+                    },
+                );
+            }
+            files.extend(chosen.into_values());
+        } else {
+            if excludes.excluded(&name).map_err(ContextError::Exclude)? {
+                return Ok(SelectedSource {
+                    source: source.to_string(),
+                    matched: rel.to_string(),
+                    path,
+                    is_dir: false,
+                    files,
+                });
+            }
+            files.push(SelectedFile {
+                rel: String::new(),
+                context_path: path.clone(),
+                entry: top.clone(),
+            });
+        }
+        Ok(SelectedSource {
+            source: source.to_string(),
+            matched: rel.to_string(),
+            is_dir: top.kind == EntryKind::Dir,
+            path,
+            files,
+        })
+    }
+}
+
+/// Whether a source word uses wildcards (BuildKit: an unescaped `*`, `?`
+/// or `[`).
+pub fn has_wildcards(source: &str) -> bool {
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '*' | '?' | '[' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+struct Walker<'a> {
+    matcher: &'a Matcher,
+    ctx: &'a mut BuildContext,
+}
+
+impl Walker<'_> {
+    /// Walks one directory. `pending_parents` holds excluded ancestor
+    /// directories not yet recorded; they are recorded when something
+    /// inside them is included.
+    fn walk(
+        &mut self,
+        dir: &Path,
+        rel_dir: &str,
+        state: &MatchState,
+        pending_parents: &mut Vec<(String, Entry)>,
+    ) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .map_err(io_err("read directory", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(io_err("read directory", dir))?;
+        names.sort();
+        for name in names {
+            let host = dir.join(&name);
+            let name = name.to_string_lossy();
+            let rel = if rel_dir.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            let meta = match fs::symlink_metadata(&host) {
+                Ok(m) => m,
+                // Removed while walking: as if it never existed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", &host)(e)),
+            };
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_file() {
+                EntryKind::File
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&host).map_err(io_err("read symlink", &host))?;
+                EntryKind::Symlink(target.to_string_lossy().into_owned())
+            } else if ft.is_fifo() {
+                EntryKind::Fifo
+            } else if ft.is_char_device() {
+                EntryKind::CharDevice
+            } else if ft.is_block_device() {
+                EntryKind::BlockDevice
+            } else {
+                // Sockets cannot be archived; Docker skips them too.
+                self.ctx.skipped.push(rel);
+                continue;
+            };
+            let (excluded, child_state) = if self.matcher.is_empty() {
+                (false, MatchState::default())
+            } else {
+                self.matcher.excluded_in(&rel, state)?
+            };
+            let is_dir = kind == EntryKind::Dir;
+            let entry = Entry { kind, meta };
+            if excluded {
+                if is_dir && self.matcher.may_reinclude_under(&rel) {
+                    pending_parents.push((rel.clone(), entry));
+                    self.walk(&host, &rel, &child_state, pending_parents)?;
+                    // Still pending: nothing inside was included.
+                    if pending_parents.last().is_some_and(|(p, _)| *p == rel) {
+                        pending_parents.pop();
+                    }
+                }
+                continue;
+            }
+            for (p, e) in pending_parents.drain(..) {
+                self.ctx.entries.insert(p, e);
+            }
+            self.ctx.entries.insert(rel.clone(), entry);
+            if is_dir {
+                self.walk(&host, &rel, &child_state, pending_parents)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One selected file under a source.
+#[derive(Debug, Clone)]
+pub struct SelectedFile {
+    /// Path relative to the selected source (empty for the source itself).
+    pub rel: String,
+    /// Path relative to the context root.
+    pub context_path: String,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// One source of a COPY/ADD after wildcard and symlink resolution.
+#[derive(Debug, Clone)]
+pub struct SelectedSource {
+    /// The source word as written (a wildcard for every one of its matches).
+    pub source: String,
+    /// The matched path relative to the context root, before following a
+    /// final symlink (its base name names a copied file).
+    pub matched: String,
+    /// The resolved path relative to the context root (empty for the root).
+    pub path: String,
+    /// Whether it is a directory (whose contents are copied).
+    pub is_dir: bool,
+    /// The selected entries, parents before children, sorted; for a
+    /// directory the first is the directory itself (`rel` empty). Empty when
+    /// an `--exclude` pattern excluded a file source.
+    pub files: Vec<SelectedFile>,
+}
+
+/// The sources of one COPY/ADD, selected from a [`BuildContext`].
+#[derive(Debug, Clone)]
+pub struct Selection {
+    root: PathBuf,
+    sources: Vec<SelectedSource>,
+}
+
+/// The content digest of a [`Selection`] and of each file in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectionDigest {
+    /// The digest of everything selected, for cache keys.
+    pub digest: Digest,
+    /// Per-entry digests by context-relative path, sorted (for `--explain`:
+    /// which file changed). Each covers the path, kind, mode, owner,
+    /// content or link target, never the modification time.
+    pub files: Vec<(String, Digest)>,
+}
+
+impl Selection {
+    /// The context directory on the host.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The selected sources, in the order given (wildcard matches sorted).
+    pub fn sources(&self) -> &[SelectedSource] {
+        &self.sources
+    }
+
+    /// The host path of a context-relative path.
+    pub fn host_path(&self, context_path: &str) -> PathBuf {
+        if context_path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(context_path)
+        }
+    }
+
+    /// Computes the canonical digest: a sha256 over, for each source in
+    /// order, its name and resolved path, then for each selected entry (in
+    /// order) its relative path, kind, mode, uid, gid and content digest (or
+    /// symlink target, or device number). Never the mtime.
+    ///
+    /// File contents are hashed in parallel; a file whose stat matches the
+    /// `cache` entry is not read, and fresh digests are recorded in it (the
+    /// caller saves the cache).
+    pub fn digest(&self, cache: &StatCache) -> Result<SelectionDigest> {
+        let all: Vec<&SelectedFile> = self.sources.iter().flat_map(|s| &s.files).collect();
+        let per_file: Vec<Digest> = all
+            .par_iter()
+            .map(|f| self.entry_digest(f, cache))
+            .collect::<Result<_>>()?;
+        let mut h = Hasher::new();
+        h.update(b"rbuild-selection-v1\0");
+        let mut files = Vec::with_capacity(all.len());
+        let mut index = 0;
+        for source in &self.sources {
+            record_str(&mut h, &source.source);
+            record_str(&mut h, &source.path);
+            h.update(&(source.files.len() as u64).to_le_bytes());
+            for f in &source.files {
+                record_str(&mut h, &f.rel);
+                h.update(per_file[index].as_raw());
+                files.push((f.context_path.clone(), per_file[index]));
+                index += 1;
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok(SelectionDigest {
+            digest: h.finish(),
+            files,
+        })
+    }
+
+    /// The digest of one entry's record (path relative to the context,
+    /// kind, mode, owner, content).
+    fn entry_digest(&self, f: &SelectedFile, cache: &StatCache) -> Result<Digest> {
+        let meta = &f.entry.meta;
+        let mut h = Hasher::new();
+        record_str(&mut h, &f.context_path);
+        h.update(&[f.entry.kind.tag()]);
+        h.update(&f.entry.mode().to_le_bytes());
+        h.update(&meta.uid().to_le_bytes());
+        h.update(&meta.gid().to_le_bytes());
+        match &f.entry.kind {
+            EntryKind::File => h.update(self.content_digest(f, cache)?.as_raw()),
+            EntryKind::Symlink(target) => record_str(&mut h, target),
+            EntryKind::CharDevice | EntryKind::BlockDevice => h.update(&meta.rdev().to_le_bytes()),
+            EntryKind::Dir | EntryKind::Fifo => {}
+        }
+        Ok(h.finish())
+    }
+
+    fn content_digest(&self, f: &SelectedFile, cache: &StatCache) -> Result<Digest> {
+        if let Some(d) = cache.lookup(&f.context_path, &f.entry.meta) {
+            return Ok(d);
+        }
+        let path = self.host_path(&f.context_path);
+        let mut file = fs::File::open(&path).map_err(io_err("open", &path))?;
+        let mut h = Hasher::new();
+        io::copy(&mut file, &mut h).map_err(io_err("read", &path))?;
+        let d = h.finish();
+        cache.insert(&f.context_path, &f.entry.meta, d);
+        Ok(d)
+    }
+}
+
+/// Length-prefixed string, so concatenations cannot collide.
+fn record_str(h: &mut Hasher, s: &str) {
+    h.update(&(s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
