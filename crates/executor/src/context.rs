@@ -158,6 +158,12 @@ impl BuildContext {
     /// re-included path are kept as entries (their metadata is the real one).
     pub fn open(dir: &Path, ignore_text: Option<&str>) -> Result<BuildContext> {
         let matcher = Matcher::from_ignore_file(ignore_text.unwrap_or(""))?;
+        BuildContext::walk(dir, &matcher)
+    }
+
+    /// Walks `dir` excluding what `matcher` excludes (used for `.dockerignore`
+    /// and for `COPY --from --exclude` on another stage's directory).
+    pub fn walk(dir: &Path, matcher: &Matcher) -> Result<BuildContext> {
         let root = fs::canonicalize(dir).map_err(io_err("open build context", dir))?;
         let root_meta = fs::metadata(&root).map_err(io_err("stat", &root))?;
         if !root_meta.is_dir() {
@@ -174,7 +180,7 @@ impl BuildContext {
             skipped: Vec::new(),
         };
         let mut walker = Walker {
-            matcher: &matcher,
+            matcher,
             ctx: &mut ctx,
         };
         let root = walker.ctx.root.clone();

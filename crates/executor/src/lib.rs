@@ -2,5 +2,6 @@
 
 pub mod context;
 pub mod dockerignore;
+pub mod fetch;
 mod goregex;
 pub mod pathmatch;
