@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 pub struct Digest([u8; 32]);
 
 /// Why a string is not a valid digest.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     /// The algorithm prefix is missing or is not `sha256`.
     #[error("unsupported digest algorithm in {0:?} (only sha256 is supported)")]
