@@ -1,4 +1,22 @@
 //! OCI images: layers, configs, manifests, the local image store and registries.
+//!
+//! - [`Reference`]: image names with Docker's normalisation.
+//! - [`ImageConfig`] and the [`manifest`] types: the JSON documents of an image.
+//! - [`Store`]: the local image store, an OCI image layout at the store root.
+//! - [`archive`]: `save`/`load` of OCI archives, OCI directories and
+//!   docker-archives, and `import` of rootfs tarballs.
+//! - layers (writing, unpacking) and registries (pull, push).
+
+pub mod archive;
+pub mod config;
+pub mod manifest;
+pub mod reference;
+pub mod store;
+pub use archive::{ArchiveError, ArchiveFormat};
+pub use config::{ContainerConfig, Healthcheck, History, ImageConfig, RootFs};
+pub use manifest::{Descriptor, Index, Manifest};
+pub use reference::{Reference, ReferenceError};
+pub use store::{Image, Store, StoreError};
 
 pub mod compress;
 pub mod layer;

@@ -1,0 +1,607 @@
+//! The local image store: an OCI image layout at the store root
+//! (`oci-layout`, `index.json`, `blobs/sha256/`), shared with the step
+//! cache and snapshots that live beside it.
+//!
+//! `index.json` lists every image the store keeps. A named image's entry
+//! carries `io.containerd.image.name` (the full normalised name) and
+//! `org.opencontainers.image.ref.name` (its tag); an entry without them is
+//! an untagged ("dangling", `<none>`) image. `index.json` is rewritten
+//! atomically under the store's `index` lock, so concurrent rbuild
+//! processes never lose each other's tags and a crash leaves the old or the
+//! new index, never a torn one. Readers need no lock.
+//!
+//! Image IDs are config digests, as in Docker; `rbuild images` shows their
+//! first 12 hex digits. Removing blobs that nothing uses any more is the
+//! pruner's job, not this module's.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rbuild_cache::{lock_path, write_atomic, BlobStore, Digest, FileLock};
+
+use crate::config::ImageConfig;
+use crate::layer::LayerDescriptor;
+use crate::manifest::{
+    Descriptor, Index, Manifest, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_MANIFEST, OCI_LAYOUT,
+};
+use crate::reference::{Reference, ReferenceError};
+
+/// Errors of the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The blob store or a file operation failed.
+    #[error(transparent)]
+    Blob(#[from] rbuild_cache::Error),
+    /// A JSON document (manifest, config, `index.json`) is malformed.
+    #[error("malformed {what}: {message}")]
+    Json {
+        /// Which document, with its digest or path.
+        what: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A name is not a valid image reference.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// No image has this name or ID.
+    #[error("no such image: {0}")]
+    NotFound(String),
+    /// A short ID matches several images.
+    #[error("short image ID {prefix} is ambiguous: it matches {}", matches.join(", "))]
+    Ambiguous {
+        /// What the user gave.
+        prefix: String,
+        /// The IDs it matches.
+        matches: Vec<String>,
+    },
+    /// Removing an image by ID while several names refer to it.
+    #[error("unable to remove image {id} (must be forced): it is tagged as {}", names.join(", "))]
+    InUse {
+        /// The short image ID.
+        id: String,
+        /// Its names.
+        names: Vec<String>,
+    },
+    /// An image refers to a blob the store does not have.
+    #[error("{what} {digest} is missing from the store")]
+    MissingBlob {
+        /// `"layer"`, `"config"`, `"manifest"`.
+        what: &'static str,
+        /// The blob.
+        digest: Digest,
+    },
+    /// A config and its layers disagree.
+    #[error("image {manifest}: {message}")]
+    Inconsistent {
+        /// The manifest digest (or `"new image"`).
+        manifest: String,
+        /// What disagrees.
+        message: String,
+    },
+    /// A tag operation got a reference without a tag.
+    #[error("{0} has no tag (digest references cannot be tagged or untagged)")]
+    NoTag(String),
+}
+
+/// Result type of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An image in the store: its manifest and config, with their digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// Digest of the manifest blob (what registries and `name@digest` name).
+    pub manifest_digest: Digest,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Digest of the config blob: the image ID.
+    pub config_digest: Digest,
+    /// The config.
+    pub config: ImageConfig,
+}
+
+impl Image {
+    /// The image ID (the config digest), as Docker defines it.
+    pub fn id(&self) -> &Digest {
+        &self.config_digest
+    }
+
+    /// The first 12 hex digits of the ID, as `docker images` shows it.
+    pub fn short_id(&self) -> String {
+        self.config_digest.hex()[..12].to_string()
+    }
+
+    /// The layers, lowest first, each with its diffID from the config.
+    pub fn layers(&self) -> Vec<LayerDescriptor> {
+        self.manifest
+            .layers
+            .iter()
+            .zip(&self.config.rootfs.diff_ids)
+            .map(|(d, diff_id)| LayerDescriptor {
+                digest: d.digest,
+                diff_id: *diff_id,
+                size: d.size,
+                media_type: d.media_type.clone(),
+            })
+            .collect()
+    }
+
+    /// Total size of config and layer blobs (what `images` shows as SIZE
+    /// for compressed content).
+    pub fn size(&self) -> u64 {
+        self.manifest.config.size + self.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+}
+
+/// The image store at a store root.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    blobs: BlobStore,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the OCI layout (`oci-layout`,
+    /// an empty `index.json`, `blobs/sha256`) if missing.
+    pub fn open(root: &Path) -> Result<Store> {
+        fs::create_dir_all(root)
+            .map_err(|e| rbuild_cache::Error::io("create directory", root, e))?;
+        let blobs = BlobStore::open(root)?;
+        let store = Store {
+            root: root.to_path_buf(),
+            blobs,
+        };
+        let layout = root.join("oci-layout");
+        if !layout.is_file() {
+            write_atomic(&layout, OCI_LAYOUT.as_bytes())?;
+        }
+        if !store.index_path().is_file() {
+            let _lock = store.lock_index()?;
+            if !store.index_path().is_file() {
+                write_atomic(&store.index_path(), &Index::default().to_json())?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The store's blobs.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn lock_index(&self) -> Result<FileLock> {
+        Ok(FileLock::exclusive(&lock_path(&self.root, "index")?)?)
+    }
+
+    /// The current `index.json`.
+    pub fn index(&self) -> Result<Index> {
+        let p = self.index_path();
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Index::default()),
+            Err(e) => return Err(rbuild_cache::Error::io("read", p, e).into()),
+        };
+        Index::from_json(&data).map_err(|message| StoreError::Json {
+            what: p.display().to_string(),
+            message,
+        })
+    }
+
+    /// Read-modify-write of `index.json` under the index lock; the closure
+    /// may fail, leaving the index untouched.
+    fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+        let _lock = self.lock_index()?;
+        let mut index = self.index()?;
+        let out = f(&mut index)?;
+        // Named entries by name, then untagged ones by digest: equal
+        // contents give equal files.
+        index.manifests.sort_by(|a, b| {
+            (entry_name(a).is_none(), entry_key(a)).cmp(&(entry_name(b).is_none(), entry_key(b)))
+        });
+        write_atomic(&self.index_path(), &index.to_json())?;
+        Ok(out)
+    }
+
+    /// Writes the config and an OCI manifest for `layers` (whose blobs must
+    /// be in the store) and returns the image. Nothing is named or listed:
+    /// see [`Store::tag`] and [`Store::register`].
+    pub fn put_image(&self, config: &ImageConfig, layers: &[LayerDescriptor]) -> Result<Image> {
+        let config_digest = self.blobs.put_bytes(&config.to_json())?;
+        self.assemble(&config_digest, layers)
+    }
+
+    /// Writes an OCI manifest for a config blob already in the store (kept
+    /// byte for byte, so the image ID is preserved, as on `load`) and
+    /// `layers`, checking that they agree.
+    pub fn assemble(&self, config_digest: &Digest, layers: &[LayerDescriptor]) -> Result<Image> {
+        let config_json = self.read_blob("config", config_digest)?;
+        let config = ImageConfig::from_json(&config_json).map_err(|e| StoreError::Json {
+            what: format!("config {config_digest}"),
+            message: e.to_string(),
+        })?;
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
+        if config.rootfs.diff_ids != diff_ids {
+            return Err(StoreError::Inconsistent {
+                manifest: "new image".into(),
+                message: format!(
+                    "config lists {} diff_ids that differ from the {} layers given",
+                    config.rootfs.diff_ids.len(),
+                    layers.len()
+                ),
+            });
+        }
+        for l in layers {
+            if !self.blobs.contains(&l.digest) {
+                return Err(StoreError::MissingBlob {
+                    what: "layer",
+                    digest: l.digest,
+                });
+            }
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_OCI_MANIFEST.to_string(),
+            config: Descriptor::new(
+                MEDIA_TYPE_OCI_CONFIG,
+                *config_digest,
+                config_json.len() as u64,
+            ),
+            layers: layers
+                .iter()
+                .map(|l| Descriptor::new(&l.media_type, l.digest, l.size))
+                .collect(),
+            annotations: BTreeMap::new(),
+        };
+        let manifest_digest = self.blobs.put_bytes(&manifest.to_json())?;
+        Ok(Image {
+            manifest_digest,
+            manifest,
+            config_digest: *config_digest,
+            config,
+        })
+    }
+
+    /// Reads the image whose manifest has this digest, checking that the
+    /// config matches the layers.
+    pub fn image(&self, manifest_digest: &Digest) -> Result<Image> {
+        let data = self.read_blob("manifest", manifest_digest)?;
+        let manifest = Manifest::from_json(&data).map_err(|message| StoreError::Json {
+            what: format!("manifest {manifest_digest}"),
+            message,
+        })?;
+        let config_digest = manifest.config.digest;
+        let data = self.read_blob("config", &config_digest)?;
+        let config = ImageConfig::from_json(&data).map_err(|e| StoreError::Json {
+            what: format!("config {config_digest}"),
+            message: e.to_string(),
+        })?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(StoreError::Inconsistent {
+                manifest: manifest_digest.to_string(),
+                message: format!(
+                    "config has {} diff_ids but the manifest has {} layers",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
+            });
+        }
+        Ok(Image {
+            manifest_digest: *manifest_digest,
+            manifest,
+            config_digest,
+            config,
+        })
+    }
+
+    fn read_blob(&self, what: &'static str, digest: &Digest) -> Result<Vec<u8>> {
+        self.blobs.read(digest).map_err(|e| match e {
+            rbuild_cache::Error::BlobNotFound(d) => StoreError::MissingBlob { what, digest: d },
+            other => other.into(),
+        })
+    }
+
+    /// Checks that every blob of the image is present.
+    fn check_complete(&self, image: &Image) -> Result<()> {
+        for l in &image.manifest.layers {
+            if !self.blobs.contains(&l.digest) {
+                return Err(StoreError::MissingBlob {
+                    what: "layer",
+                    digest: l.digest,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Names the image with manifest `manifest_digest` as `reference`
+    /// (which must carry a tag). A tag that named another image moves; that
+    /// image stays listed as untagged if nothing else names it, as in
+    /// Docker. Returns the manifest the tag named before, if it moved.
+    pub fn tag(&self, reference: &Reference, manifest_digest: &Digest) -> Result<Option<Digest>> {
+        let tag = reference
+            .tag()
+            .ok_or_else(|| StoreError::NoTag(reference.to_string()))?
+            .to_string();
+        let named = Reference::parse(&format!("{}:{tag}", reference.name()))?;
+        let image = self.image(manifest_digest)?;
+        self.check_complete(&image)?;
+        let size = self.blobs.size(manifest_digest)?;
+        let full = named.to_string();
+        self.update_index(|index| {
+            let previous = index
+                .manifests
+                .iter()
+                .position(|d| entry_name(d).as_ref() == Some(&named))
+                .map(|i| index.manifests.remove(i));
+            // The image is named now: drop its untagged entry.
+            index
+                .manifests
+                .retain(|d| !(d.digest == *manifest_digest && entry_name(d).is_none()));
+            let mut desc = Descriptor::new(image.manifest.media_type(), *manifest_digest, size);
+            desc.annotations
+                .insert(ANNOTATION_IMAGE_NAME.into(), full.clone());
+            desc.annotations
+                .insert(ANNOTATION_REF_NAME.into(), tag.clone());
+            index.manifests.push(desc);
+            let moved = previous.filter(|p| p.digest != *manifest_digest);
+            if let Some(old) = &moved {
+                // Docker keeps an image whose last tag moved away as `<none>`.
+                if !index.manifests.iter().any(|d| d.digest == old.digest) {
+                    index
+                        .manifests
+                        .push(Descriptor::new(&old.media_type, old.digest, old.size));
+                }
+            }
+            Ok(moved.map(|d| d.digest))
+        })
+    }
+
+    /// Lists the image as untagged (`<none>`) unless it is already listed:
+    /// what a build without `-t` does, so the image can be found by ID.
+    pub fn register(&self, manifest_digest: &Digest) -> Result<()> {
+        let image = self.image(manifest_digest)?;
+        self.check_complete(&image)?;
+        let size = self.blobs.size(manifest_digest)?;
+        self.update_index(|index| {
+            if !index.manifests.iter().any(|d| d.digest == *manifest_digest) {
+                index.manifests.push(Descriptor::new(
+                    image.manifest.media_type(),
+                    *manifest_digest,
+                    size,
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes one name. The image goes from the list when that was its
+    /// last name (its blobs stay until pruned). `false` if the name was not
+    /// in use.
+    pub fn untag(&self, reference: &Reference) -> Result<bool> {
+        let tag = reference
+            .tag()
+            .ok_or_else(|| StoreError::NoTag(reference.to_string()))?;
+        let named = reference.with_tag(tag)?;
+        self.update_index(|index| {
+            let before = index.manifests.len();
+            index
+                .manifests
+                .retain(|d| entry_name(d).as_ref() != Some(&named));
+            Ok(index.manifests.len() != before)
+        })
+    }
+
+    /// `rmi`: by name, removes that name only; by image ID (full or short,
+    /// or manifest digest), removes the image's names and entry, refusing
+    /// while several names refer to it unless `force`. Returns the names removed.
+    pub fn remove(&self, name_or_id: &str, force: bool) -> Result<Vec<Reference>> {
+        if let Some(named) = self.named_reference(name_or_id)? {
+            return if self.untag(&named)? {
+                Ok(vec![named])
+            } else {
+                Err(StoreError::NotFound(name_or_id.to_string()))
+            };
+        }
+        let image = self
+            .resolve(name_or_id)?
+            .ok_or_else(|| StoreError::NotFound(name_or_id.to_string()))?;
+        self.update_index(|index| {
+            let id = image.config_digest;
+            let mut names = Vec::new();
+            let mut mine = Vec::new();
+            for (i, d) in index.manifests.iter().enumerate() {
+                let same =
+                    d.digest == image.manifest_digest || self.config_of(&d.digest) == Some(id);
+                if same {
+                    mine.push(i);
+                    names.extend(entry_name(d));
+                }
+            }
+            if names.len() > 1 && !force {
+                return Err(StoreError::InUse {
+                    id: image.short_id(),
+                    names: names.iter().map(Reference::familiar).collect(),
+                });
+            }
+            for i in mine.into_iter().rev() {
+                index.manifests.remove(i);
+            }
+            Ok(names)
+        })
+    }
+
+    /// The config digest of a stored manifest, if readable.
+    fn config_of(&self, manifest_digest: &Digest) -> Option<Digest> {
+        let data = self.blobs.read(manifest_digest).ok()?;
+        Manifest::from_json(&data).ok().map(|m| m.config.digest)
+    }
+
+    /// `name_or_id` as a tagged name that is in the index, if it is one.
+    fn named_reference(&self, name_or_id: &str) -> Result<Option<Reference>> {
+        let Ok(r) = Reference::parse(name_or_id) else {
+            return Ok(None);
+        };
+        if r.digest().is_some() {
+            return Ok(None);
+        }
+        let found = self
+            .index()?
+            .manifests
+            .iter()
+            .any(|d| entry_name(d).as_ref() == Some(&r));
+        Ok(found.then_some(r))
+    }
+
+    /// The image a name refers to: a tag in the index, or for `name@digest`
+    /// the stored manifest with that digest.
+    pub fn lookup(&self, reference: &Reference) -> Result<Option<Image>> {
+        if let Some(d) = reference.digest() {
+            return if self.blobs.contains(d) {
+                self.image(d).map(Some)
+            } else {
+                Ok(None)
+            };
+        }
+        let index = self.index()?;
+        match index
+            .manifests
+            .iter()
+            .find(|d| entry_name(d).as_ref() == Some(reference))
+        {
+            Some(d) => self.image(&d.digest).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves what a user typed, as Docker does: a name (`app`, `app:1`,
+    /// `docker.io/library/app:1`, `app@sha256:...`), a full image ID
+    /// (`sha256:<config hex>` or its 64 hex digits), a unique ID prefix
+    /// (`3f2a9c1b0d4e`, optionally with `sha256:`), or a manifest digest.
+    pub fn resolve(&self, name_or_id: &str) -> Result<Option<Image>> {
+        let as_name = Reference::parse(name_or_id);
+        if let Ok(r) = &as_name {
+            if let Some(image) = self.lookup(r)? {
+                return Ok(Some(image));
+            }
+        }
+        let hex = name_or_id.strip_prefix("sha256:").unwrap_or(name_or_id);
+        let is_hex = !hex.is_empty()
+            && hex.len() <= 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_hex {
+            return match as_name {
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        // Image IDs (config digests) of listed images.
+        let mut matches: BTreeMap<Digest, Digest> = BTreeMap::new();
+        for d in self.index()?.manifests {
+            if let Some(config) = self.config_of(&d.digest) {
+                if config.hex().starts_with(hex) {
+                    matches.entry(config).or_insert(d.digest);
+                }
+            }
+        }
+        match matches.len() {
+            1 => {
+                let (_, manifest) = matches.into_iter().next().expect("one match");
+                return self.image(&manifest).map(Some);
+            }
+            0 => {}
+            _ => {
+                return Err(StoreError::Ambiguous {
+                    prefix: name_or_id.to_string(),
+                    matches: matches.keys().map(|c| c.hex()[..12].to_string()).collect(),
+                })
+            }
+        }
+        // A full manifest digest.
+        if let Ok(d) = Digest::from_hex(hex) {
+            if self.blobs.contains(&d) {
+                if let Ok(image) = self.image(&d) {
+                    return Ok(Some(image));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The names of the listed image with this manifest, sorted.
+    pub fn names(&self, manifest_digest: &Digest) -> Result<Vec<Reference>> {
+        let mut out: Vec<Reference> = self
+            .index()?
+            .manifests
+            .iter()
+            .filter(|d| d.digest == *manifest_digest)
+            .filter_map(entry_name)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every named image, sorted by name (several names may share an image).
+    pub fn images(&self) -> Result<Vec<(Reference, Image)>> {
+        let mut out = Vec::new();
+        for d in self.index()?.manifests {
+            if let Some(name) = entry_name(&d) {
+                out.push((name, self.image(&d.digest)?));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Listed images without a name (`<none>:<none>`).
+    pub fn dangling(&self) -> Result<Vec<Image>> {
+        let index = self.index()?;
+        let named: Vec<Digest> = index
+            .manifests
+            .iter()
+            .filter(|d| entry_name(d).is_some())
+            .map(|d| d.digest)
+            .collect();
+        let mut out = Vec::new();
+        for d in &index.manifests {
+            if entry_name(d).is_none() && !named.contains(&d.digest) {
+                out.push(self.image(&d.digest)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The name of an index entry: `io.containerd.image.name`, else
+/// `org.opencontainers.image.ref.name` when it is a full name rather than
+/// a bare tag (it holds a `/` or `:`).
+pub fn entry_name(d: &Descriptor) -> Option<Reference> {
+    if let Some(r) = d
+        .annotations
+        .get(ANNOTATION_IMAGE_NAME)
+        .and_then(|n| Reference::parse(n).ok())
+    {
+        return Some(r);
+    }
+    d.annotations
+        .get(ANNOTATION_REF_NAME)
+        .filter(|n| n.contains(['/', ':']))
+        .and_then(|n| Reference::parse(n).ok())
+        .filter(|r| r.tag().is_some())
+}
+
+fn entry_key(d: &Descriptor) -> String {
+    entry_name(d).map_or_else(|| d.digest.to_string(), |r| r.to_string())
+}
