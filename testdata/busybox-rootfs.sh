@@ -6,7 +6,7 @@
 set -euo pipefail
 out=${1:?usage: busybox-rootfs.sh OUT.tar}
 bb=/bin/busybox
-if ! file_out=$(LC_ALL=C "$bb" 2>&1 | head -n1) || [[ $file_out != BusyBox* ]]; then
+if ! file_out=$(LC_ALL=C "$bb" 2>&1 | sed -n 1p) || [[ $file_out != BusyBox* ]]; then
     echo "busybox-rootfs.sh: $bb is missing; apt-get install busybox-static" >&2
     exit 1
 fi

@@ -5,3 +5,5 @@ pub mod dockerignore;
 pub mod fetch;
 mod goregex;
 pub mod pathmatch;
+pub mod diff;
+pub mod snapshot;
