@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -42,6 +42,42 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
+/// Temp files a killed rbuild may have left in the store at `store_root`:
+/// every entry of `tmp/`, and `.rbuild-tmp-*` files beside final files in
+/// the root, `cache/` and `statcache/`. They are garbage only when no other
+/// rbuild process is running: delete them while holding the store's `gc`
+/// lock exclusively (see [`crate::lock_path`]), which every writer holds
+/// shared.
+pub fn stray_temp_files(store_root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let tmp = store_root.join("tmp");
+    for (dir, all) in [
+        (tmp, true),
+        (store_root.to_path_buf(), false),
+        (store_root.join("cache"), false),
+        (store_root.join("statcache"), false),
+    ] {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read directory", &dir, e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            if all
+                || entry
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(TEMP_PREFIX.as_bytes())
+            {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The directory a path lives in (`.` for a bare file name).
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -66,6 +102,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    }
+
+    #[test]
+    fn stray_temp_files_are_found_and_final_files_are_not() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = crate::BlobStore::open(root.path()).unwrap();
+        let idx = crate::CacheIndex::open(root.path()).unwrap();
+        blobs.put_bytes(b"kept").unwrap();
+        write_atomic(&root.path().join("index.json"), b"{}").unwrap();
+        assert!(stray_temp_files(root.path()).unwrap().is_empty());
+        // What a process killed mid-write leaves behind.
+        let half = blobs.temp_file().unwrap().keep().unwrap().1;
+        let beside = idx.path(&crate::CacheKey(crate::Digest::of_bytes(b"k")));
+        let beside = beside.with_file_name(format!("{TEMP_PREFIX}abc"));
+        std::fs::write(&beside, b"partial").unwrap();
+        let root_tmp = root.path().join(format!("{TEMP_PREFIX}index"));
+        std::fs::write(&root_tmp, b"{").unwrap();
+        let mut expected = vec![half, beside, root_tmp];
+        expected.sort();
+        assert_eq!(stray_temp_files(root.path()).unwrap(), expected);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod index;
 mod lock;
 mod statcache;
 
-pub use atomic::{sync_dir, write_atomic, TEMP_PREFIX};
+pub use atomic::{stray_temp_files, sync_dir, write_atomic, TEMP_PREFIX};
 pub use blob::{BlobStore, BlobWriter};
 pub use digest::{Digest, DigestError, Hasher};
 pub use error::{Error, Result};

@@ -14,8 +14,10 @@ use rustix::fs::{flock, FlockOperation};
 use crate::error::{Error, Result};
 
 /// The path of the store-wide lock file `name` (`root/locks/<name>.lock`),
-/// creating the `locks` directory. Names in use: `index` (the image
-/// index, `index.json`), `gc` (builds hold it shared, prune exclusive).
+/// creating the `locks` directory. Names in use: `index` (held exclusively
+/// while `index.json` is rewritten) and `gc` (every process that writes to
+/// the store holds it shared; prune, `check --repair` and removal of stray
+/// temp files hold it exclusively).
 pub fn lock_path(store_root: &Path, name: &str) -> Result<PathBuf> {
     let dir = store_root.join("locks");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;

@@ -11,13 +11,16 @@
 //! filesystem clock tick in which its digest was recorded keeps its stat
 //! while its content changes. Entries whose mtime or ctime is not strictly
 //! older than the cache file's own mtime (stamped by the same clock) are
-//! therefore dropped on load and hashed again.
+//! therefore not trusted after a load: they are hashed again.
 //!
-//! On-disk format (little endian): magic `RBSTAT01`, entry count `u32`, then
-//! per entry: path length `u32`, path bytes, dev `u64`, inode `u64`, size
-//! `u64`, mtime ns `i64`, ctime ns `i64`, mode `u32`, sha256 `[u8; 32]`;
-//! then a sha256 of everything before it. A file that fails to decode is an
-//! empty cache, never an error: the cache is only an accelerator.
+//! On-disk format (little endian): magic `RBSTAT02`, entry count `u32`, then
+//! per entry, sorted by path bytes: path length `u32`, path bytes, dev
+//! `u64`, inode `u64`, size `u64`, mtime ns `i64`, ctime ns `i64`, mode
+//! `u32`, sha256 `[u8; 32]`; then a CRC-32 of everything before it. Loading
+//! reads the file once, checks the CRC and records where each entry starts;
+//! lookups binary-search the loaded bytes, so a 20 000-entry cache loads in
+//! a few milliseconds. A file that fails to decode is an empty cache, never
+//! an error: the cache is only an accelerator.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -27,13 +30,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
 use crate::Digest;
 
-const MAGIC: &[u8; 8] = b"RBSTAT01";
+const MAGIC: &[u8; 8] = b"RBSTAT02";
+/// Bytes of an entry after its path: five u64/i64, one u32, 32 digest bytes.
+const FIXED: usize = 5 * 8 + 4 + 32;
 
 /// The stat fields an entry is keyed by.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -59,10 +64,112 @@ impl Stat {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     stat: Stat,
     digest: Digest,
+}
+
+/// The entries of the cache file as loaded: its bytes, and the offset of
+/// each entry's path length field, in path order.
+#[derive(Debug, Default)]
+struct Table {
+    data: Vec<u8>,
+    offsets: Vec<u32>,
+    /// Entries stamped at or after this time (the file's mtime) are racy.
+    written_ns: i64,
+}
+
+impl Table {
+    fn path_at(&self, off: u32) -> &[u8] {
+        let off = off as usize;
+        let len = u32::from_le_bytes(self.data[off..off + 4].try_into().expect("4 bytes")) as usize;
+        &self.data[off + 4..off + 4 + len]
+    }
+
+    fn entry_at(&self, off: u32) -> Entry {
+        let start = off as usize + 4 + self.path_at(off).len();
+        let f = &self.data[start..start + FIXED];
+        let u64_at = |i: usize| u64::from_le_bytes(f[i..i + 8].try_into().expect("8 bytes"));
+        Entry {
+            stat: Stat {
+                dev: u64_at(0),
+                ino: u64_at(8),
+                size: u64_at(16),
+                mtime_ns: u64_at(24) as i64,
+                ctime_ns: u64_at(32) as i64,
+                mode: u32::from_le_bytes(f[40..44].try_into().expect("4 bytes")),
+            },
+            digest: Digest::from_raw(f[44..76].try_into().expect("32 bytes")),
+        }
+    }
+
+    /// The trusted entry for `path`, if any.
+    fn get(&self, path: &[u8]) -> Option<Entry> {
+        let i = self
+            .offsets
+            .binary_search_by(|&off| self.path_at(off).cmp(path))
+            .ok()?;
+        let e = self.entry_at(self.offsets[i]);
+        self.trusted(&e).then_some(e)
+    }
+
+    /// Whether an entry was recorded strictly after its file last changed.
+    fn trusted(&self, e: &Entry) -> bool {
+        e.stat.mtime_ns < self.written_ns && e.stat.ctime_ns < self.written_ns
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], Entry)> + '_ {
+        self.offsets
+            .iter()
+            .map(|&off| (self.path_at(off), self.entry_at(off)))
+    }
+
+    /// Checks the CRC and the structure (entries in strictly increasing
+    /// path order, nothing left over) and indexes the entries.
+    fn decode(data: Vec<u8>, written_ns: i64) -> Option<Table> {
+        let body_len = data.len().checked_sub(4)?;
+        let crc = u32::from_le_bytes(data[body_len..].try_into().ok()?);
+        if crc32fast::hash(&data[..body_len]) != crc || !data.starts_with(MAGIC) {
+            return None;
+        }
+        let count = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) as usize;
+        // Each entry takes more than FIXED bytes: bound the allocation by the input.
+        let mut offsets = Vec::with_capacity(count.min(body_len / FIXED));
+        let mut pos = 12usize;
+        let mut prev: Option<&[u8]> = None;
+        for _ in 0..count {
+            let len = u32::from_le_bytes(data.get(pos..pos + 4)?.try_into().ok()?) as usize;
+            let path = data.get(pos + 4..pos + 4 + len)?;
+            if prev.is_some_and(|p| p >= path) {
+                return None;
+            }
+            prev = Some(path);
+            offsets.push(u32::try_from(pos).ok()?);
+            pos = pos + 4 + len + FIXED;
+            if pos > body_len {
+                return None;
+            }
+        }
+        if pos != body_len {
+            return None;
+        }
+        Some(Table {
+            data,
+            offsets,
+            written_ns,
+        })
+    }
+}
+
+/// What changed since the load: new or replaced entries, and whether
+/// entries of the loaded table were dropped by [`StatCache::retain`].
+#[derive(Debug, Default)]
+struct Changes {
+    added: HashMap<Vec<u8>, Entry>,
+    /// When set, the loaded table no longer counts (its live entries were
+    /// moved into `added`).
+    table_dropped: bool,
 }
 
 /// File-content digests of one scope, keyed by relative path and stat.
@@ -70,7 +177,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct StatCache {
     path: PathBuf,
-    entries: RwLock<HashMap<Vec<u8>, Entry>>,
+    table: Table,
+    changes: RwLock<Changes>,
     dirty: AtomicBool,
 }
 
@@ -82,25 +190,18 @@ impl StatCache {
         let path = store_root
             .join("statcache")
             .join(Digest::of_bytes(scope_id.as_bytes()).hex());
-        let entries = match fs::read(&path) {
+        let table = match fs::read(&path) {
             Ok(data) => {
                 let meta = fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-                let written_ns = Stat::of(&meta).mtime_ns;
-                decode(&data)
-                    .map(|mut m| {
-                        m.retain(|_, e| {
-                            e.stat.mtime_ns < written_ns && e.stat.ctime_ns < written_ns
-                        });
-                        m
-                    })
-                    .unwrap_or_default()
+                Table::decode(data, Stat::of(&meta).mtime_ns).unwrap_or_default()
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Table::default(),
             Err(e) => return Err(Error::io("read", path, e)),
         };
         Ok(StatCache {
             path,
-            entries: RwLock::new(entries),
+            table,
+            changes: RwLock::new(Changes::default()),
             dirty: AtomicBool::new(false),
         })
     }
@@ -110,12 +211,12 @@ impl StatCache {
         &self.path
     }
 
-    /// Number of entries.
+    /// Number of trusted entries.
     pub fn len(&self) -> usize {
-        self.read_entries().len()
+        self.merged().len()
     }
 
-    /// Whether the cache has no entries.
+    /// Whether the cache has no trusted entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -124,26 +225,32 @@ impl StatCache {
     pub fn lookup(&self, rel_path: impl AsRef<Path>, meta: &Metadata) -> Option<Digest> {
         let key = rel_path.as_ref().as_os_str().as_bytes();
         let stat = Stat::of(meta);
-        self.read_entries()
-            .get(key)
-            .filter(|e| e.stat == stat)
-            .map(|e| e.digest)
+        let changes = self.read_changes();
+        let entry = match changes.added.get(key) {
+            Some(e) => Some(*e),
+            None if changes.table_dropped => None,
+            None => self.table.get(key),
+        };
+        entry.filter(|e| e.stat == stat).map(|e| e.digest)
     }
 
     /// Records the digest of `rel_path` as hashed with stat `meta` (take the
     /// metadata before reading the content, so a concurrent change is seen
     /// as a change next time).
     pub fn insert(&self, rel_path: impl AsRef<Path>, meta: &Metadata, digest: Digest) {
-        let key = rel_path.as_ref().as_os_str().as_bytes().to_vec();
+        let key = rel_path.as_ref().as_os_str().as_bytes();
         let entry = Entry {
             stat: Stat::of(meta),
             digest,
         };
-        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let changed = map
-            .insert(key, entry)
-            .is_none_or(|old| old.stat != entry.stat || old.digest != entry.digest);
-        if changed {
+        let mut changes = self.write_changes();
+        let known = match changes.added.get(key) {
+            Some(e) => Some(*e),
+            None if changes.table_dropped => None,
+            None => self.table.get(key),
+        };
+        if known != Some(entry) {
+            changes.added.insert(key.to_vec(), entry);
             self.dirty.store(true, Ordering::Relaxed);
         }
     }
@@ -151,10 +258,13 @@ impl StatCache {
     /// Removes entries for which `keep(rel_path)` is false (files that left
     /// the context), so the cache does not grow without bound.
     pub fn retain(&self, mut keep: impl FnMut(&Path) -> bool) {
-        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|k, _| keep(Path::new(OsStr::from_bytes(k))));
-        if map.len() != before {
+        let mut all = self.merged();
+        let before = all.len();
+        all.retain(|k, _| keep(Path::new(OsStr::from_bytes(k))));
+        let mut changes = self.write_changes();
+        if all.len() != before || !changes.table_dropped {
+            changes.added = all;
+            changes.table_dropped = true;
             self.dirty.store(true, Ordering::Relaxed);
         }
     }
@@ -164,7 +274,7 @@ impl StatCache {
         if !self.dirty.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let data = encode(&self.read_entries());
+        let data = encode(&self.merged());
         let dir = crate::atomic::parent_dir(&self.path);
         fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         write_atomic(&self.path, &data)?;
@@ -172,19 +282,38 @@ impl StatCache {
         Ok(())
     }
 
-    fn read_entries(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Vec<u8>, Entry>> {
-        // A panic in another thread while it held the lock cannot leave a
-        // half-inserted entry (HashMap::insert is not observable midway), so
-        // the data is still sound.
-        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    /// Every trusted entry: the loaded table overlaid with the changes.
+    fn merged(&self) -> HashMap<Vec<u8>, Entry> {
+        let changes = self.read_changes();
+        let mut all: HashMap<Vec<u8>, Entry> = HashMap::new();
+        if !changes.table_dropped {
+            for (k, e) in self.table.iter() {
+                if self.table.trusted(&e) {
+                    all.insert(k.to_vec(), e);
+                }
+            }
+        }
+        all.extend(changes.added.iter().map(|(k, e)| (k.clone(), *e)));
+        all
+    }
+
+    // A panic in another thread while it held the lock cannot leave a
+    // half-inserted entry (HashMap::insert is not observable midway), so
+    // the data is still sound after poisoning.
+    fn read_changes(&self) -> RwLockReadGuard<'_, Changes> {
+        self.changes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_changes(&self) -> RwLockWriteGuard<'_, Changes> {
+        self.changes.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 fn encode(map: &HashMap<Vec<u8>, Entry>) -> Vec<u8> {
-    // Sorted so that equal caches give equal files.
+    // Sorted by path bytes: the order lookups binary-search in.
     let mut items: Vec<_> = map.iter().collect();
     items.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(16 + items.len() * 112);
+    let mut out = Vec::with_capacity(16 + items.len() * (FIXED + 40));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(items.len() as u32).to_le_bytes());
     for (path, e) in items {
@@ -198,57 +327,9 @@ fn encode(map: &HashMap<Vec<u8>, Entry>) -> Vec<u8> {
         out.extend_from_slice(&e.stat.mode.to_le_bytes());
         out.extend_from_slice(e.digest.as_raw());
     }
-    let sum = Digest::of_bytes(&out);
-    out.extend_from_slice(sum.as_raw());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
-}
-
-/// A cursor over the encoded bytes; every read is bounds-checked.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-}
-
-fn decode(data: &[u8]) -> Option<HashMap<Vec<u8>, Entry>> {
-    let body_len = data.len().checked_sub(32)?;
-    let (body, sum) = data.split_at(body_len);
-    if Digest::of_bytes(body).as_raw()[..] != sum[..] {
-        return None;
-    }
-    let mut c = Cursor(body);
-    if c.take(8)? != MAGIC {
-        return None;
-    }
-    let count = u32::from_le_bytes(c.array()?) as usize;
-    // Each entry takes at least 80 bytes: bound the allocation by the input.
-    let mut map = HashMap::with_capacity(count.min(body.len() / 80));
-    for _ in 0..count {
-        let len = u32::from_le_bytes(c.array()?) as usize;
-        let path = c.take(len)?.to_vec();
-        let stat = Stat {
-            dev: u64::from_le_bytes(c.array()?),
-            ino: u64::from_le_bytes(c.array()?),
-            size: u64::from_le_bytes(c.array()?),
-            mtime_ns: i64::from_le_bytes(c.array()?),
-            ctime_ns: i64::from_le_bytes(c.array()?),
-            mode: u32::from_le_bytes(c.array()?),
-        };
-        let digest = Digest::from_raw(c.array()?);
-        map.insert(path, Entry { stat, digest });
-    }
-    c.0.is_empty().then_some(map)
 }
 
 #[cfg(test)]
@@ -354,12 +435,29 @@ mod tests {
                 digest: Digest::of_bytes(b"f"),
             },
         );
+        map.insert(
+            b"a".to_vec(),
+            Entry {
+                stat,
+                digest: Digest::of_bytes(b"a"),
+            },
+        );
         let enc = encode(&map);
-        let dec = decode(&enc).unwrap();
-        assert_eq!(dec[&b"dir/f".to_vec()].stat, stat);
+        let dec = Table::decode(enc.clone(), i64::MAX).unwrap();
+        assert_eq!(dec.get(b"dir/f").unwrap().stat, stat);
+        assert_eq!(dec.get(b"a").unwrap().digest, Digest::of_bytes(b"a"));
+        assert_eq!(dec.get(b"b"), None);
+        // Racy against an earlier write time.
+        assert_eq!(Table::decode(enc.clone(), 5).unwrap().get(b"dir/f"), None);
         for cut in 0..enc.len() {
-            assert!(decode(&enc[..cut]).is_none(), "cut at {cut}");
+            assert!(
+                Table::decode(enc[..cut].to_vec(), i64::MAX).is_none(),
+                "cut at {cut}"
+            );
         }
+        let mut extra = enc.clone();
+        extra.insert(enc.len() - 4, 0);
+        assert!(Table::decode(extra, i64::MAX).is_none());
     }
 
     #[test]
