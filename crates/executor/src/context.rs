@@ -366,7 +366,15 @@ impl BuildContext {
                 let Some(inner) = p.strip_prefix(&prefix) else {
                     break;
                 };
-                if !excludes.is_empty() {
+                if excludes.is_empty() {
+                    files.push(SelectedFile {
+                        rel: inner.to_string(),
+                        context_path: p.clone(),
+                        entry: entry.clone(),
+                    });
+                    continue;
+                }
+                {
                     let parent = inner
                         .rfind('/')
                         .and_then(|i| states.get(&inner[..i]))
@@ -439,6 +447,28 @@ impl BuildContext {
     }
 }
 
+/// The ignore file text that applies to a build: `<Dockerfile>.dockerignore`
+/// beside the Dockerfile (for `-f dir/app.Dockerfile`, the file
+/// `dir/app.Dockerfile.dockerignore`) takes precedence over the context's
+/// `.dockerignore`; `None` when neither exists.
+pub fn read_ignore_text(context_dir: &Path, dockerfile: Option<&Path>) -> Result<Option<String>> {
+    let mut candidates = Vec::new();
+    if let Some(df) = dockerfile {
+        let mut name = df.as_os_str().to_os_string();
+        name.push(".dockerignore");
+        candidates.push(PathBuf::from(name));
+    }
+    candidates.push(context_dir.join(".dockerignore"));
+    for path in candidates {
+        match fs::read(&path) {
+            Ok(data) => return Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("read", &path)(e)),
+        }
+    }
+    Ok(None)
+}
+
 /// Whether a source word uses wildcards (BuildKit: an unescaped `*`, `?`
 /// or `[`).
 pub fn has_wildcards(source: &str) -> bool {
@@ -471,21 +501,19 @@ impl Walker<'_> {
         state: &MatchState,
         pending_parents: &mut Vec<(String, Entry)>,
     ) -> Result<()> {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .map_err(io_err("read directory", dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(io_err("read directory", dir))?;
-        names.sort();
-        for name in names {
-            let host = dir.join(&name);
-            let name = name.to_string_lossy();
+        // Entries land in a sorted map, so the listing order does not matter.
+        for dirent in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+            let dirent = dirent.map_err(io_err("read directory", dir))?;
+            let file_name = dirent.file_name();
+            let name = file_name.to_string_lossy();
             let rel = if rel_dir.is_empty() {
                 name.into_owned()
             } else {
                 format!("{rel_dir}/{name}")
             };
-            let meta = match fs::symlink_metadata(&host) {
+            let host = dirent.path();
+            // lstat relative to the open directory: no path walk per entry.
+            let meta = match dirent.metadata() {
                 Ok(m) => m,
                 // Removed while walking: as if it never existed.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -636,8 +664,12 @@ impl Selection {
                 index += 1;
             }
         }
-        files.sort();
-        files.dedup();
+        // One source is already in path order; several may interleave or
+        // overlap.
+        if self.sources.len() > 1 {
+            files.sort();
+            files.dedup();
+        }
         Ok(SelectionDigest {
             digest: h.finish(),
             files,

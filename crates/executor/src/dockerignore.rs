@@ -377,3 +377,43 @@ impl Matcher {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every short pattern over the glob metacharacters: compiling and
+    /// matching never panics, and a pattern is rejected up front exactly
+    /// when Go's `filepath.Match` rejects it.
+    #[test]
+    fn exhaustive_short_patterns_never_panic() {
+        let alphabet = ['*', '?', '[', ']', '^', '!', '\\', '-', 'a', '/', '.'];
+        let paths = ["a", "a/b", ".a", "]", "-", "a/.", "^", "a\\"];
+        let mut patterns = vec![String::new()];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for p in &patterns {
+                for c in alphabet {
+                    next.push(format!("{p}{c}"));
+                }
+            }
+            for p in &next {
+                let cleaned = clean(p.trim());
+                let bare = cleaned.strip_prefix('!').unwrap_or(&cleaned);
+                match Matcher::new(&[p.as_str()]) {
+                    Ok(m) => {
+                        assert!(filepath_match(bare, ".").is_ok(), "{p:?} accepted");
+                        for path in paths {
+                            let _ = m.excluded(path);
+                        }
+                    }
+                    Err(PatternError::IllegalExclusion) => assert_eq!(cleaned, "!"),
+                    Err(PatternError::Syntax { .. }) => {
+                        assert!(filepath_match(bare, ".").is_err(), "{p:?} rejected")
+                    }
+                }
+            }
+            patterns = next;
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
 use rbuild_cache::{Digest, StatCache};
-use rbuild_executor::context::{BuildContext, ContextError, EntryKind};
+use rbuild_executor::context::{read_ignore_text, BuildContext, ContextError, EntryKind};
 
 fn write(root: &Path, rel: &str, data: &str) {
     let p = root.join(rel);
@@ -278,4 +278,23 @@ fn digest_uses_the_stat_cache_instead_of_reading() {
     let meta = fs::symlink_metadata(dir.path().join("src/main.rs")).expect("stat");
     planted.insert("src/main.rs", &meta, Digest::of_bytes(b"planted"));
     assert_ne!(sel.digest(&planted).expect("digest"), real);
+}
+
+#[test]
+fn dockerfile_specific_ignore_file_wins() {
+    let dir = sample();
+    let r = dir.path();
+    assert_eq!(read_ignore_text(r, None).expect("none"), None);
+    write(r, ".dockerignore", "docs\n");
+    write(r, "ci/app.Dockerfile", "FROM scratch\n");
+    let df = r.join("ci/app.Dockerfile");
+    assert_eq!(
+        read_ignore_text(r, Some(&df)).expect("ctx").as_deref(),
+        Some("docs\n")
+    );
+    write(r, "ci/app.Dockerfile.dockerignore", "src\n");
+    assert_eq!(
+        read_ignore_text(r, Some(&df)).expect("df").as_deref(),
+        Some("src\n")
+    );
 }

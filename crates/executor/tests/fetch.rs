@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::thread::JoinHandle;
 
 use rbuild_cache::Digest;
+use rbuild_executor::copy::{apply, CopyOptions, CopySource};
 use rbuild_executor::fetch::{download, FetchError};
 
 /// Serves the given raw responses, one per connection, in order; returns
@@ -113,4 +114,27 @@ fn statuses_redirects_names_and_schemes() {
     );
     let err = download("ftp://127.0.0.1/x", None, &dir.path().join("f")).expect_err("scheme");
     assert!(matches!(err, FetchError::Scheme { .. }), "{err}");
+}
+
+#[test]
+fn add_url_copies_the_download_without_extracting() {
+    let (base, server) = serve(vec![ok_response(b"not a tar", "")]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dl = tmp.path().join("dl");
+    let got = download(&format!("{base}/pkg/app.tgz"), None, &dl).expect("download");
+    server.join().expect("server");
+    let rootfs = tempfile::tempdir().expect("rootfs");
+    let opts = CopyOptions {
+        extract_archives: true,
+        ..Default::default()
+    };
+    let src = CopySource::File {
+        path: &dl,
+        name: &got.file_name,
+    };
+    apply(rootfs.path(), src, "/opt/", "/", &opts).expect("copy");
+    let out = rootfs.path().join("opt/app.tgz");
+    assert_eq!(fs::read(&out).expect("read"), b"not a tar");
+    let meta = fs::metadata(&out).expect("stat");
+    assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o600, 0, 0));
 }
