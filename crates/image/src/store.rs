@@ -14,7 +14,7 @@
 //! first 12 hex digits. Removing blobs that nothing uses any more is the
 //! pruner's job, not this module's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -562,6 +562,19 @@ impl Store {
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Every blob that a listed image (named or untagged) needs: manifests,
+    /// configs and layers. What a pruner must keep, besides cache entries.
+    pub fn referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
+        let mut out = BTreeSet::new();
+        for d in self.index()?.manifests {
+            let image = self.image(&d.digest)?;
+            out.insert(image.manifest_digest);
+            out.insert(image.config_digest);
+            out.extend(image.manifest.layers.iter().map(|l| l.digest));
+        }
         Ok(out)
     }
 

@@ -327,3 +327,23 @@ fn broken_manifest_is_reported_not_tagged() {
     ));
     assert!(s.images().unwrap().is_empty());
 }
+
+#[test]
+fn referenced_blobs_cover_named_and_untagged_images_only() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Store::open(root.path()).unwrap();
+    let a = image(&s, "a");
+    let b = image(&s, "b");
+    let unlisted = image(&s, "c");
+    s.tag(&r("app:1"), &a.manifest_digest).unwrap();
+    s.register(&b.manifest_digest).unwrap();
+    let refs = s.referenced_blobs().unwrap();
+    for img in [&a, &b] {
+        assert!(refs.contains(&img.manifest_digest));
+        assert!(refs.contains(&img.config_digest));
+        assert!(refs.contains(&img.manifest.layers[0].digest));
+    }
+    assert!(!refs.contains(&unlisted.manifest_digest));
+    assert!(!refs.contains(&unlisted.manifest.layers[0].digest));
+    assert_eq!(refs.len(), 6);
+}
