@@ -2,8 +2,11 @@
 
 pub mod context;
 pub mod copy;
+pub mod diff;
 pub mod dockerignore;
 pub mod fetch;
 mod goregex;
 pub mod pathmatch;
+pub mod sandbox;
+pub mod snapshot;
 pub mod user;

@@ -222,3 +222,42 @@ fn detect_finds_overlay_here() {
     assert!("zfs".parse::<SnapshotterKind>().is_err());
     assert!(list(&env.root().join("tmp")).is_empty());
 }
+
+#[test]
+fn single_layer_view_hides_its_whiteouts() {
+    let Some(env) = env() else { return };
+    let src = env.root().join("content");
+    fs::write(&src, b"y").unwrap();
+    let meta = rbuild_image::Meta {
+        mode: 0o644,
+        ..Default::default()
+    };
+    let entries = vec![
+        rbuild_image::LayerEntry {
+            path: "gone".into(),
+            kind: rbuild_image::EntryKind::Whiteout,
+            meta: Default::default(),
+        },
+        rbuild_image::LayerEntry {
+            path: "y".into(),
+            kind: rbuild_image::EntryKind::File {
+                source: src.clone(),
+                size: 1,
+            },
+            meta,
+        },
+    ];
+    let desc = rbuild_image::write_layer(&env.blobs, entries, &opts()).unwrap();
+    for kind in [SnapshotterKind::Overlay, SnapshotterKind::Native] {
+        let view = env
+            .snapshotter(kind)
+            .view(std::slice::from_ref(&desc))
+            .unwrap();
+        assert_eq!(fs::read(view.path().join("y")).unwrap(), b"y", "{kind}");
+        assert!(
+            fs::symlink_metadata(view.path().join("gone")).is_err(),
+            "{kind}: a whiteout is not a file"
+        );
+    }
+    assert!(mounts(env.root()).is_empty());
+}

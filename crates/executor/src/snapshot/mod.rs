@@ -162,6 +162,8 @@ pub struct Snapshotter {
     root: PathBuf,
     blobs: BlobStore,
     kind: SnapshotterKind,
+    /// Lower dirs one overlay mount may stack; deeper chains are partly flattened.
+    max_lowers: usize,
 }
 
 impl Snapshotter {
@@ -171,6 +173,7 @@ impl Snapshotter {
             root: store_root.to_path_buf(),
             blobs,
             kind,
+            max_lowers: MAX_LOWERS,
         };
         for d in [s.snapshots_dir(), s.tmp_dir(), s.native_dir()] {
             io_ctx(&d, fs::create_dir_all(&d))?;
@@ -279,8 +282,9 @@ impl Snapshotter {
     }
 
     /// Mounts the merged, read-only view of `layers` at `target` (nothing
-    /// for no layers, a read-only bind for one: overlayfs needs two lower
-    /// dirs when it has no upper dir).
+    /// for no layers). overlayfs needs two lower dirs when it has no upper
+    /// dir, so a single layer gets an empty dir below it: its whiteouts must
+    /// still read as absent, which a plain bind of the snapshot would not do.
     fn mount_lower_view(
         &self,
         layers: &[LayerDescriptor],
@@ -290,21 +294,21 @@ impl Snapshotter {
         if layers.is_empty() {
             return Ok(());
         }
-        let lowers = self.lower_dirs(layers, scratch)?;
-        let r = if lowers.len() == 1 {
-            mount::bind_readonly(&lowers[0], target).map_err(|e| ("bind", e))
-        } else {
-            mount::mount_overlay(
-                &Overlay {
-                    lowers: &lowers,
-                    upper: None,
-                },
-                target,
-            )
-            .map_err(|e| ("overlay", e))
-        };
-        r.map_err(|(what, source)| SnapshotError::Mount {
-            what,
+        let mut lowers = self.lower_dirs(layers, scratch)?;
+        if lowers.len() == 1 {
+            let empty = scratch.join("empty-lower");
+            io_ctx(&empty, fs::create_dir(&empty))?;
+            lowers.push(empty);
+        }
+        mount::mount_overlay(
+            &Overlay {
+                lowers: &lowers,
+                upper: None,
+            },
+            target,
+        )
+        .map_err(|source| SnapshotError::Mount {
+            what: "overlay",
             target: target.to_path_buf(),
             source,
         })
@@ -325,7 +329,7 @@ impl Snapshotter {
         for layer in chain.iter().rev() {
             dirs.push(self.ensure_unpacked(layer)?);
         }
-        let mut keep = dirs.len().min(MAX_LOWERS);
+        let mut keep = dirs.len().min(self.max_lowers);
         if !fsconfig_lowerdir_plus() {
             let (upper, work) = (scratch.join("upper"), scratch.join("work"));
             while keep > 1 {
@@ -637,5 +641,91 @@ impl Drop for TempDir {
         if !self.keep {
             let _ = fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbuild_image::{Compression, EntryKind, LayerEntry, Meta};
+
+    fn layer(blobs: &BlobStore, src: &Path, name: &str, delete: Option<&str>) -> LayerDescriptor {
+        fs::write(src, name).expect("write source");
+        let mut entries = vec![LayerEntry {
+            path: name.to_string(),
+            kind: EntryKind::File {
+                source: src.to_path_buf(),
+                size: name.len() as u64,
+            },
+            meta: Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+        }];
+        if let Some(d) = delete {
+            entries.push(LayerEntry {
+                path: d.to_string(),
+                kind: EntryKind::Whiteout,
+                meta: Meta::default(),
+            });
+        }
+        let opts = LayerOptions {
+            compression: Compression::None,
+            source_date_epoch: Some(0),
+        };
+        write_layer(blobs, entries, &opts).expect("write layer")
+    }
+
+    /// A chain deeper than one overlay mount may stack gets its bottom
+    /// layers flattened, and still shows the right tree.
+    #[test]
+    fn deep_chains_are_flattened_below_the_stack_limit() {
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("skipped: not root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = BlobStore::open(dir.path()).expect("store");
+        let src = dir.path().join("src");
+        let chain = vec![
+            layer(&blobs, &src, "a", None),
+            layer(&blobs, &src, "b", None),
+            layer(&blobs, &src, "c", Some("a")),
+            layer(&blobs, &src, "d", Some("b")),
+        ];
+        let mut s = Snapshotter::new(dir.path(), blobs, SnapshotterKind::Overlay).expect("new");
+        s.max_lowers = 2;
+        let snap = s.prepare(&chain).expect("prepare");
+        let mut names: Vec<String> = fs::read_dir(snap.rootfs())
+            .expect("read rootfs")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c", "d"]);
+        // The bottom three layers became one flat tree.
+        let flat = chain_ids(&chain[..3]);
+        assert!(s.native_dir().join(flat[2].hex()).join("c").is_file());
+        fs::write(snap.rootfs().join("e"), b"e").expect("write");
+        let desc = snap.commit(&LayerOptions::default()).expect("commit");
+        assert!(desc.is_some());
+        assert!(fs::read_dir(s.tmp_dir()).expect("tmp").next().is_none());
+    }
+
+    #[test]
+    fn chain_ids_follow_containerd() {
+        let d = |b: u8| Digest::from_raw([b; 32]);
+        let desc = |b| LayerDescriptor {
+            digest: d(0),
+            diff_id: d(b),
+            size: 0,
+            media_type: String::new(),
+        };
+        let ids = chain_ids(&[desc(1), desc(2)]);
+        assert_eq!(ids[0], d(1));
+        assert_eq!(
+            ids[1],
+            Digest::of_bytes(format!("{} {}", d(1), d(2)).as_bytes())
+        );
     }
 }
