@@ -3,14 +3,22 @@
 //! (flags, progress, tables, error rendering); build and store logic live in
 //! the libraries.
 
+mod build;
 mod cli;
+mod diagnostics;
+mod explain;
+mod export;
+mod images;
 mod outputs;
+mod progress;
 mod root;
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
+use rbuild_image::Store;
 
 use crate::cli::{Cli, Command};
 
@@ -26,18 +34,24 @@ fn main() -> ExitCode {
     }
 }
 
+fn open_store(root: &Path) -> Result<Store> {
+    Store::open(root).with_context(|| format!("opening image store {}", root.display()))
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let root = root::resolve(&root::RootInputs::from_env(cli.root))?;
+    let flag = cli.root;
+    // Resolved only by commands that use the store (`debug` does not).
+    let root = || root::resolve(&root::RootInputs::from_env(flag.clone()));
+    let store = || open_store(&root()?);
     match cli.command {
-        Command::Build(args) => {
-            for o in &args.outputs {
-                outputs::OutputSpec::parse(o)?;
-            }
-            bail!(
-                "building needs the solver, which is not wired in yet (store {})",
-                root.display()
-            )
-        }
-        other => bail!("{other:?} needs the image store, which is not wired in yet"),
+        Command::Build(args) => build::run(&args, &root()?),
+        Command::Images(args) => images::images(&store()?, &args),
+        Command::Tag(args) => images::tag(&store()?, &args),
+        Command::Rmi(args) => images::rmi(&store()?, &args),
+        Command::Inspect(args) => images::inspect(&store()?, &args),
+        Command::History(args) => images::history(&store()?, &args),
+        Command::Save(args) => export::save(&store()?, &args),
+        Command::Load(args) => export::load(&store()?, &args),
+        Command::Import(args) => export::import(&store()?, &args),
     }
 }

@@ -95,11 +95,13 @@ impl OutputSpec {
                         Dest::Path(PathBuf::from(val))
                     })
                 }
-                "tar" => tar = Some(parse_bool(val).ok_or_else(|| {
-                    anyhow!(
+                "tar" => {
+                    tar = Some(parse_bool(val).ok_or_else(|| {
+                        anyhow!(
                         "invalid value {val:?} for output attribute tar: expected true or false"
                     )
-                })?),
+                    })?)
+                }
                 "name" => names.extend(
                     val.split(',')
                         .map(str::trim)

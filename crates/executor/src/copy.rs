@@ -21,8 +21,9 @@
 //! sources and preserved for `--from` sources, unless `--chown` is given.
 //! `--chmod` (octal or symbolic, as BuildKit accepts) applies to files and
 //! directories. Directories created for the destination's parents are
-//! 0755, owned by the `--chown` owner (root by default), as BuildKit's
-//! `MkdirAll` does. Hard links within one copy are preserved.
+//! 0755 (or the `--chmod` mode, as current BuildKit does), owned by the
+//! `--chown` owner (root by default), as BuildKit's `MkdirAll` does. Hard
+//! links within one copy are preserved.
 //!
 //! ADD extracts local tar archives (plain, gzip, bzip2, xz, zstd) into the
 //! destination; COPY never extracts. Downloading URLs is [`crate::fetch`]'s
@@ -628,7 +629,7 @@ pub fn apply(
         };
         let parent = crate::pathmatch::dir(&target);
         w.mkdir_all(&parent)?;
-        w.write_node(&target, &item.nodes[0], false)?;
+        w.write_node(&target, &item.nodes[0])?;
     }
     w.finish()
 }
@@ -687,7 +688,10 @@ impl Writer<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir(&cur).map_err(io_err("create directory", &cur))?;
-                    fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
+                    // BuildKit (fsutil since 2025) gives created parents the
+                    // --chmod mode too, not only the copied entries.
+                    let mode = self.chmod.map_or(0o755, |c| c.apply(0o755, true));
+                    fs::set_permissions(&cur, fs::Permissions::from_mode(mode))
                         .map_err(io_err("chmod", &cur))?;
                     let (uid, gid) = self.chown.unwrap_or((0, 0));
                     std::os::unix::fs::lchown(&cur, Some(uid), Some(gid))
@@ -699,22 +703,22 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Copies a directory item's contents into `target` (created with the
-    /// source directory's metadata if missing).
+    /// Copies a directory item's contents into `target`. A missing target is
+    /// created like any parent (BuildKit copies a directory's contents, not
+    /// the directory, so the source directory's own owner and mode are not
+    /// carried over); an existing one is left as it is.
     fn copy_tree(&mut self, target: &str, nodes: &[Node]) -> Result<()> {
-        let parent = crate::pathmatch::dir(target);
-        self.mkdir_all(&parent)?;
-        for node in nodes {
+        self.mkdir_all(target)?;
+        for node in nodes.iter().filter(|n| !n.rel.is_empty()) {
             let path = join_image(target, &node.rel);
-            self.write_node(&path, node, !node.rel.is_empty())?;
+            self.write_node(&path, node)?;
         }
         Ok(())
     }
 
-    /// Writes one node at `image_path`. `overwrite_meta` applies a
-    /// directory's metadata even when the directory already exists (true
-    /// inside a copied tree, false for the destination itself).
-    fn write_node(&mut self, image_path: &str, node: &Node, overwrite_meta: bool) -> Result<()> {
+    /// Writes one node at `image_path`. An existing directory there gets the
+    /// node's metadata (as BuildKit does inside a copied tree).
+    fn write_node(&mut self, image_path: &str, node: &Node) -> Result<()> {
         let host = self.resolve_parent(image_path)?;
         let existing = match fs::symlink_metadata(&host) {
             Ok(m) => Some(m),
@@ -737,12 +741,6 @@ impl Writer<'_> {
                 // A symlink to a directory (`/lib -> usr/lib`) is kept and
                 // written through, inside the rootfs.
                 Some(m) if m.file_type().is_symlink() && self.is_dir(image_path)? => return Ok(()),
-                Some(_) if !overwrite_meta => {
-                    return Err(CopyError::Conflict {
-                        what: "a directory",
-                        path: image_path.to_string(),
-                    })
-                }
                 Some(_) => {
                     fs::remove_file(&host).map_err(io_err("remove", &host))?;
                     false
@@ -751,8 +749,6 @@ impl Writer<'_> {
             };
             if !is_dir {
                 fs::create_dir(&host).map_err(io_err("create directory", &host))?;
-            } else if !overwrite_meta {
-                return Ok(());
             }
             std::os::unix::fs::lchown(&host, Some(uid), Some(gid))
                 .map_err(io_err("chown", &host))?;

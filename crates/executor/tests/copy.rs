@@ -231,6 +231,14 @@ fn errors() {
     let (_r, res) = copy_case(&["src"], "/f", "/", &CopyOptions::default(), |r| {
         fs::write(r.join("f"), "file").expect("write")
     });
+    assert!(
+        matches!(res, Err(CopyError::NotADirectory { .. })),
+        "{res:?}"
+    );
+    // Inside a copied tree, a file cannot replace an existing directory.
+    let (_r, res) = copy_case(&["src"], "/app", "/", &CopyOptions::default(), |r| {
+        fs::create_dir_all(r.join("app/main.rs/inner")).expect("mkdir")
+    });
     assert!(matches!(res, Err(CopyError::Conflict { .. })), "{res:?}");
     let opts = CopyOptions {
         chown: Some("nosuchuser".into()),
@@ -288,6 +296,10 @@ fn metadata_mode_mtime_and_parents() {
         assert_eq!(f.mode() & 0o777, file_mode, "{chmod}");
         let d = fs::metadata(rootfs.path().join("c/sub")).expect("stat");
         assert_eq!(d.mode() & 0o777, dir_mode, "{chmod}");
+        // The created parent gets the --chmod mode as well (BuildKit).
+        let parent = fs::metadata(rootfs.path().join("c")).expect("stat");
+        let want = Chmod::parse(chmod).expect("chmod").apply(0o755, true);
+        assert_eq!(parent.mode() & 0o7777, want, "{chmod}");
     }
 }
 

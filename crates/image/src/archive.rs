@@ -131,14 +131,11 @@ pub fn save<W: Write>(
 
 /// The `index.json` describing `images`: one entry per name (annotated
 /// with the full name and the tag), one unannotated entry per unnamed image.
-fn oci_index(images: &[SaveItem]) -> Index {
+fn oci_index(store: &Store, images: &[SaveItem]) -> Result<Index> {
     let mut index = Index::default();
     for (name, image) in images {
-        let mut d = Descriptor::new(
-            image.manifest.media_type(),
-            image.manifest_digest,
-            image.manifest.to_json().len() as u64,
-        );
+        let size = store.blobs().size(&image.manifest_digest)?;
+        let mut d = Descriptor::new(image.manifest.media_type(), image.manifest_digest, size);
         if let Some(r) = name {
             d.annotations
                 .insert(ANNOTATION_IMAGE_NAME.into(), r.to_string());
@@ -151,7 +148,7 @@ fn oci_index(images: &[SaveItem]) -> Index {
             index.manifests.push(d);
         }
     }
-    index
+    Ok(index)
 }
 
 /// Every blob of `images`, de-duplicated, in digest order.
@@ -165,17 +162,8 @@ fn all_blobs(images: &[SaveItem]) -> BTreeSet<Digest> {
     set
 }
 
-/// The manifest's size in the index must be that of the stored blob, which
-/// for images read from the store is the blob itself.
-fn with_stored_sizes(store: &Store, mut index: Index) -> Result<Index> {
-    for d in &mut index.manifests {
-        d.size = store.blobs().size(&d.digest)?;
-    }
-    Ok(index)
-}
-
 fn save_oci<W: Write>(store: &Store, images: &[SaveItem], tar: &mut TarOut<W>) -> Result<()> {
-    let index = with_stored_sizes(store, oci_index(images))?;
+    let index = oci_index(store, images)?;
     tar.file_bytes("oci-layout", OCI_LAYOUT.as_bytes())?;
     tar.file_bytes("index.json", &index.to_json())?;
     tar.dir("blobs")?;
@@ -211,7 +199,7 @@ pub fn save_oci_dir(store: &Store, images: &[SaveItem], dest: &Path) -> Result<(
             .map_err(|e| rbuild_cache::Error::io("rename into place", &target, e.error))?;
     }
     write_atomic(&dest.join("oci-layout"), OCI_LAYOUT.as_bytes())?;
-    let index = with_stored_sizes(store, oci_index(images))?;
+    let index = oci_index(store, images)?;
     write_atomic(&dest.join("index.json"), &index.to_json())?;
     Ok(())
 }
@@ -237,13 +225,14 @@ fn save_docker<W: Write>(store: &Store, images: &[SaveItem], tar: &mut TarOut<W>
             order.push(image);
         }
         let names = tags.entry(image.config_digest).or_default();
-        if let Some(r) = name {
-            // RepoTags as Docker writes them: short names unqualified.
-            let familiar = r.familiar();
-            if !names.contains(&familiar) {
-                names.push(familiar);
+        // RepoTags as Docker writes them: `name:tag`, short names
+        // unqualified; a digest cannot appear there.
+        if let Some((r, tag)) = name.as_ref().and_then(|r| Some((r, r.tag()?))) {
+            let repo_tag = format!("{}:{tag}", r.familiar_name());
+            if !names.contains(&repo_tag) {
+                names.push(repo_tag);
             }
-            if let (Some(tag), Some(top)) = (r.tag(), image.config.rootfs.diff_ids.last()) {
+            if let Some(top) = image.config.rootfs.diff_ids.last() {
                 repositories
                     .entry(r.familiar_name())
                     .or_default()

@@ -14,12 +14,13 @@
 //! first 12 hex digits. Removing blobs that nothing uses any more is the
 //! pruner's job, not this module's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rbuild_cache::{lock_path, write_atomic, BlobStore, Digest, FileLock};
+use rbuild_cache::{lock_path, stray_temp_files, write_atomic, BlobStore, Digest, FileLock};
 
 use crate::config::ImageConfig;
 use crate::layer::LayerDescriptor;
@@ -81,6 +82,9 @@ pub enum StoreError {
         /// What disagrees.
         message: String,
     },
+    /// A maintenance operation needs [`Store::open_exclusive`].
+    #[error("{0} needs the store opened exclusively")]
+    NotExclusive(&'static str),
     /// A tag operation got a reference without a tag.
     #[error("{0} has no tag (digest references cannot be tagged or untagged)")]
     NoTag(String),
@@ -140,18 +144,47 @@ impl Image {
 pub struct Store {
     root: PathBuf,
     blobs: BlobStore,
+    /// The store's `gc` lock: shared for ordinary use (builds, tags,
+    /// loads), exclusive for maintenance ([`Store::open_exclusive`]), so a
+    /// repair or prune never deletes what a running rbuild is writing.
+    _gc: Arc<FileLock>,
+    exclusive: bool,
 }
 
 impl Store {
     /// Opens the store at `root`, creating the OCI layout (`oci-layout`,
     /// an empty `index.json`, `blobs/sha256`) if missing.
+    ///
+    /// The store's `gc` lock is held shared for the life of the `Store` (and
+    /// its clones): any number of processes may use the store at once, while
+    /// [`Store::open_exclusive`] waits for them all.
     pub fn open(root: &Path) -> Result<Store> {
+        Self::open_with(root, false)
+    }
+
+    /// Opens the store for maintenance (`prune`, `check --repair`): waits
+    /// until no other process has the store open, and keeps others out
+    /// until dropped. Do not call it while this process holds another
+    /// `Store` of the same root: it would wait for itself.
+    pub fn open_exclusive(root: &Path) -> Result<Store> {
+        Self::open_with(root, true)
+    }
+
+    fn open_with(root: &Path, exclusive: bool) -> Result<Store> {
         fs::create_dir_all(root)
             .map_err(|e| rbuild_cache::Error::io("create directory", root, e))?;
+        let gc_path = lock_path(root, "gc")?;
+        let gc = if exclusive {
+            FileLock::exclusive(&gc_path)?
+        } else {
+            FileLock::shared(&gc_path)?
+        };
         let blobs = BlobStore::open(root)?;
         let store = Store {
             root: root.to_path_buf(),
             blobs,
+            _gc: Arc::new(gc),
+            exclusive,
         };
         let layout = root.join("oci-layout");
         if !layout.is_file() {
@@ -565,6 +598,118 @@ impl Store {
         Ok(out)
     }
 
+    /// Every blob that a listed image (named or untagged) needs: manifests,
+    /// configs and layers. What a pruner must keep, besides cache entries.
+    pub fn referenced_blobs(&self) -> Result<BTreeSet<Digest>> {
+        let mut out = BTreeSet::new();
+        for d in self.index()?.manifests {
+            let image = self.image(&d.digest)?;
+            out.insert(image.manifest_digest);
+            out.insert(image.config_digest);
+            out.extend(image.manifest.layers.iter().map(|l| l.digest));
+        }
+        Ok(out)
+    }
+
+    /// Verifies the store: every blob hashes to its name, every listed
+    /// image has its manifest, config and layers (and they agree), and no
+    /// temp files are left over. Returns what is wrong (empty when sound).
+    /// Stray temp files are reported only on an exclusively opened store:
+    /// otherwise they may belong to a running rbuild.
+    pub fn check(&self) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut corrupt = BTreeSet::new();
+        for digest in self.blobs.list()? {
+            match self.blobs.verify(&digest) {
+                Ok(()) => {}
+                Err(rbuild_cache::Error::CorruptBlob { actual, .. }) => {
+                    corrupt.insert(digest);
+                    problems.push(Problem::CorruptBlob { digest, actual });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for d in self.index()?.manifests {
+            let label = entry_name(&d).map_or_else(|| d.digest.to_string(), |r| r.to_string());
+            let broken = match self.image(&d.digest) {
+                Err(e) => Some(e.to_string()),
+                Ok(image) => std::iter::once(&image.manifest_digest)
+                    .chain(std::iter::once(&image.config_digest))
+                    .chain(image.manifest.layers.iter().map(|l| &l.digest))
+                    .find(|b| corrupt.contains(b) || !self.blobs.contains(b))
+                    .map(|b| format!("blob {b} is missing or corrupt")),
+            };
+            if let Some(reason) = broken {
+                problems.push(Problem::BrokenImage {
+                    entry: label,
+                    manifest: d.digest,
+                    reason,
+                });
+            }
+        }
+        if self.exclusive {
+            problems.extend(
+                stray_temp_files(&self.root)?
+                    .into_iter()
+                    .map(Problem::StrayTemp),
+            );
+        }
+        Ok(problems)
+    }
+
+    /// Removes what [`Store::check`] found broken: corrupt blobs, the
+    /// index entries of broken images, stray temp files. Needs a store
+    /// opened with [`Store::open_exclusive`]. Returns one line per removal.
+    pub fn repair(&self, problems: &[Problem]) -> Result<Vec<String>> {
+        if !self.exclusive {
+            return Err(StoreError::NotExclusive("repair"));
+        }
+        let mut done = Vec::new();
+        let broken: Vec<Digest> = problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::BrokenImage { manifest, .. } => Some(*manifest),
+                _ => None,
+            })
+            .collect();
+        if !broken.is_empty() {
+            let removed = self.update_index(|index| {
+                let (gone, kept) = std::mem::take(&mut index.manifests)
+                    .into_iter()
+                    .partition(|d| broken.contains(&d.digest));
+                index.manifests = kept;
+                Ok(gone)
+            })?;
+            for d in removed {
+                let label = entry_name(&d).map_or_else(|| d.digest.to_string(), |r| r.to_string());
+                done.push(format!("removed broken image {label}"));
+            }
+        }
+        for p in problems {
+            match p {
+                Problem::CorruptBlob { digest, .. } => {
+                    if self.blobs.remove(digest)? {
+                        done.push(format!("removed corrupt blob {digest}"));
+                    }
+                }
+                Problem::StrayTemp(path) => {
+                    let r = if path.is_dir() {
+                        fs::remove_dir_all(path)
+                    } else {
+                        fs::remove_file(path)
+                    };
+                    match r {
+                        Ok(()) => done.push(format!("removed temp file {}", path.display())),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(rbuild_cache::Error::io("remove", path, e).into()),
+                    }
+                }
+                Problem::BrokenImage { .. } => {}
+            }
+        }
+        Ok(done)
+    }
+
     /// Listed images without a name (`<none>:<none>`).
     pub fn dangling(&self) -> Result<Vec<Image>> {
         let index = self.index()?;
@@ -581,6 +726,43 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Something [`Store::check`] found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A blob's content does not hash to its name.
+    CorruptBlob {
+        /// The name (digest) it is stored under.
+        digest: Digest,
+        /// What its content hashes to.
+        actual: Digest,
+    },
+    /// A listed image cannot be read or lacks blobs.
+    BrokenImage {
+        /// Its name, or its manifest digest when untagged.
+        entry: String,
+        /// Its manifest digest.
+        manifest: Digest,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A temp file or directory left by a killed process.
+    StrayTemp(PathBuf),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::CorruptBlob { digest, actual } => {
+                write!(f, "blob {digest} is corrupt (content hashes to {actual})")
+            }
+            Problem::BrokenImage { entry, reason, .. } => {
+                write!(f, "image {entry} is broken: {reason}")
+            }
+            Problem::StrayTemp(p) => write!(f, "stray temp file {}", p.display()),
+        }
     }
 }
 

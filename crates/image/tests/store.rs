@@ -327,3 +327,85 @@ fn broken_manifest_is_reported_not_tagged() {
     ));
     assert!(s.images().unwrap().is_empty());
 }
+
+#[test]
+fn referenced_blobs_cover_named_and_untagged_images_only() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Store::open(root.path()).unwrap();
+    let a = image(&s, "a");
+    let b = image(&s, "b");
+    let unlisted = image(&s, "c");
+    s.tag(&r("app:1"), &a.manifest_digest).unwrap();
+    s.register(&b.manifest_digest).unwrap();
+    let refs = s.referenced_blobs().unwrap();
+    for img in [&a, &b] {
+        assert!(refs.contains(&img.manifest_digest));
+        assert!(refs.contains(&img.config_digest));
+        assert!(refs.contains(&img.manifest.layers[0].digest));
+    }
+    assert!(!refs.contains(&unlisted.manifest_digest));
+    assert!(!refs.contains(&unlisted.manifest.layers[0].digest));
+    assert_eq!(refs.len(), 6);
+}
+
+#[test]
+fn open_holds_the_gc_lock_shared_and_exclusive_open_keeps_others_out() {
+    let root = tempfile::tempdir().unwrap();
+    let gc = rbuild_cache::lock_path(root.path(), "gc").unwrap();
+    let s = Store::open(root.path()).unwrap();
+    let clone = s.clone();
+    drop(s);
+    // A clone keeps the lock: maintenance cannot start under a user.
+    assert!(rbuild_cache::FileLock::try_exclusive(&gc)
+        .unwrap()
+        .is_none());
+    drop(clone);
+    assert!(rbuild_cache::FileLock::try_exclusive(&gc)
+        .unwrap()
+        .is_some());
+    let ex = Store::open_exclusive(root.path()).unwrap();
+    assert!(rbuild_cache::FileLock::try_exclusive(&gc)
+        .unwrap()
+        .is_none());
+    drop(ex);
+}
+
+#[test]
+fn check_finds_and_repair_removes_corruption() {
+    let root = tempfile::tempdir().unwrap();
+    let (good, bad, tmp) = {
+        let s = Store::open(root.path()).unwrap();
+        let good = image(&s, "good");
+        let bad = image(&s, "bad");
+        s.tag(&r("good:1"), &good.manifest_digest).unwrap();
+        s.tag(&r("bad:1"), &bad.manifest_digest).unwrap();
+        assert!(s.check().unwrap().is_empty());
+        // Corrupt one layer blob, leave a temp file as a killed writer would.
+        std::fs::write(s.blobs().path(&bad.manifest.layers[0].digest), b"garbage").unwrap();
+        let tmp = s.blobs().temp_file().unwrap().keep().unwrap().1;
+        let problems = s.check().unwrap();
+        // Not exclusive: the temp file may belong to a running build.
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(matches!(
+            s.repair(&problems),
+            Err(StoreError::NotExclusive(_))
+        ));
+        (good, bad, tmp)
+    };
+    let s = Store::open_exclusive(root.path()).unwrap();
+    let problems = s.check().unwrap();
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{text:?}");
+    assert!(text.iter().any(|t| t.contains("is corrupt")));
+    assert!(text
+        .iter()
+        .any(|t| t.starts_with("image docker.io/library/bad:1 is broken")));
+    assert!(text.iter().any(|t| t.starts_with("stray temp file")));
+    let done = s.repair(&problems).unwrap();
+    assert_eq!(done.len(), 3, "{done:?}");
+    assert!(!tmp.exists());
+    assert!(!s.blobs().contains(&bad.manifest.layers[0].digest));
+    assert!(s.check().unwrap().is_empty());
+    assert_eq!(s.resolve("good:1").unwrap().unwrap(), good);
+    assert_eq!(s.resolve("bad:1").unwrap(), None);
+}

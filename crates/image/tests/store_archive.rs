@@ -200,6 +200,14 @@ fn docker_archive_is_read_by_skopeo_with_repo_tags_as_written() {
             (Some(r("app:1")), img.clone()),
             (Some(r("localhost:5000/team/app:2")), img.clone()),
             (Some(r("other")), other.clone()),
+            (
+                Some(r(&format!("other:9@{}", other.manifest_digest))),
+                other.clone(),
+            ),
+            (
+                Some(r(&format!("other@{}", other.manifest_digest))),
+                other.clone(),
+            ),
         ],
         ArchiveFormat::Docker,
         &path,
@@ -214,7 +222,10 @@ fn docker_archive_is_read_by_skopeo_with_repo_tags_as_written() {
         manifest[0]["RepoTags"],
         serde_json::json!(["app:1", "localhost:5000/team/app:2"])
     );
-    assert_eq!(manifest[1]["RepoTags"], serde_json::json!(["other:latest"]));
+    assert_eq!(
+        manifest[1]["RepoTags"],
+        serde_json::json!(["other:latest", "other:9"])
+    );
     assert_eq!(
         manifest[0]["Config"],
         format!("{}.json", img.config_digest.hex())
