@@ -369,11 +369,15 @@ impl<W: Write> TarOut<W> {
 
     fn file_reader(&mut self, path: &str, size: u64, r: impl Read) -> Result<()> {
         let mut h = Self::header(tar::EntryType::Regular, 0o644, size);
-        // Exactly `size` bytes: a source that grew would corrupt the
-        // archive; one that shrank fails below.
-        let mut limited = r.take(size);
+        // The tar writer pads whatever it reads to the header's size without
+        // checking it: insist on exactly `size` bytes, so a source that
+        // changed under us fails instead of corrupting the archive.
+        let mut exact = Exact {
+            inner: r.take(size),
+            left: size,
+        };
         self.b
-            .append_data(&mut h, path, &mut limited)
+            .append_data(&mut h, path, &mut exact)
             .map_err(|source| ArchiveError::Write {
                 path: path.to_string(),
                 source,
@@ -385,6 +389,26 @@ impl<W: Write> TarOut<W> {
             path: "end of archive".into(),
             source,
         })
+    }
+}
+
+/// A reader that fails if its source ends before `left` bytes were read.
+struct Exact<R: Read> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("source ended {} bytes short", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -860,4 +884,34 @@ pub fn import_rootfs<R: Read + Send>(
         None => store.register(&image.manifest_digest)?,
     }
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_source_is_an_error_not_a_padded_entry() {
+        let mut t = TarOut::new(Vec::new());
+        let err = t.file_reader("x", 10, &b"12345"[..]).unwrap_err();
+        assert!(err.to_string().contains("5 bytes short"), "{err}");
+        let mut t = TarOut::new(Vec::new());
+        t.file_reader("x", 5, &b"1234567"[..]).unwrap();
+        let data = t.finish().unwrap();
+        let mut a = tar::Archive::new(&data[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        let mut s = String::new();
+        e.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "12345");
+    }
+
+    #[test]
+    fn entry_names_are_cleaned_and_confined() {
+        assert_eq!(clean_name("./a//b/").as_deref(), Some("a/b"));
+        assert_eq!(clean_name("a/../b").as_deref(), Some("b"));
+        assert_eq!(clean_name("/abs/x").as_deref(), Some("abs/x"));
+        assert_eq!(clean_name("../x"), None);
+        assert_eq!(clean_name("a/../../x"), None);
+        assert_eq!(clean_name("./"), None);
+    }
 }
