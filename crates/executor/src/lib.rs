@@ -7,5 +7,6 @@ pub mod dockerignore;
 pub mod fetch;
 mod goregex;
 pub mod pathmatch;
+pub mod sandbox;
 pub mod snapshot;
 pub mod user;
