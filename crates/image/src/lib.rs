@@ -22,6 +22,7 @@ pub mod compress;
 pub mod layer;
 pub mod rootfs;
 pub mod unpack;
+pub mod registry;
 pub use compress::Compression;
 pub use layer::{
     compress_tar, entries_from_dir, write_layer, EntryKind, LayerDescriptor, LayerEntry,
