@@ -91,6 +91,30 @@ impl CacheIndex {
         write_atomic(&self.path(key), &data)
     }
 
+    /// Marks a record as used now (its file's mtime), for pruning by age or
+    /// least-recent use; `false` if there is no record.
+    pub fn touch(&self, key: &CacheKey) -> Result<bool> {
+        let p = self.path(key);
+        match fs::File::options().write(true).open(&p) {
+            Ok(f) => f
+                .set_modified(std::time::SystemTime::now())
+                .map(|()| true)
+                .map_err(|e| Error::io("touch", p, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("open", p, e)),
+        }
+    }
+
+    /// When a record was last written or [touched](CacheIndex::touch).
+    pub fn last_used(&self, key: &CacheKey) -> Result<Option<std::time::SystemTime>> {
+        let p = self.path(key);
+        match fs::metadata(&p).and_then(|m| m.modified()) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", p, e)),
+        }
+    }
+
     /// Deletes a key's record; `false` if there was none.
     pub fn remove(&self, key: &CacheKey) -> Result<bool> {
         let p = self.path(key);
@@ -147,6 +171,27 @@ mod tests {
         assert!(idx.remove(&k).unwrap());
         assert!(!idx.remove(&k).unwrap());
         assert_eq!(idx.get::<Rec>(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn touch_records_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(dir.path()).unwrap();
+        let k = CacheKey(Digest::of_bytes(b"step"));
+        assert!(!idx.touch(&k).unwrap());
+        assert_eq!(idx.last_used(&k).unwrap(), None);
+        idx.put(&k, &1u32).unwrap();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        fs::File::options()
+            .write(true)
+            .open(idx.path(&k))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(idx.last_used(&k).unwrap(), Some(old));
+        assert!(idx.touch(&k).unwrap());
+        assert!(idx.last_used(&k).unwrap().unwrap() > old);
+        assert_eq!(idx.get::<u32>(&k).unwrap(), Some(1));
     }
 
     #[test]
