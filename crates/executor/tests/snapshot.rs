@@ -261,3 +261,30 @@ fn single_layer_view_hides_its_whiteouts() {
     }
     assert!(mounts(env.root()).is_empty());
 }
+
+#[test]
+fn leftovers_of_a_killed_build_are_removed() {
+    let Some(env) = env() else { return };
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    // What a SIGKILLed rbuild leaves: a snapshot dir with a live mount.
+    let left = env.root().join(format!("tmp/snap-{dead}-AbCdEf"));
+    fs::create_dir_all(left.join("merged")).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(left.join("merged"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // A live process's dir (this one's) is kept.
+    let live = env
+        .root()
+        .join(format!("tmp/view-{}-XyZ123", std::process::id()));
+    fs::create_dir_all(&live).unwrap();
+    let _s = env.snapshotter(SnapshotterKind::Overlay);
+    assert!(!left.exists());
+    assert!(mounts(env.root()).is_empty());
+    assert!(live.is_dir());
+    fs::remove_dir(live).unwrap();
+}

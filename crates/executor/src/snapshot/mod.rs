@@ -178,6 +178,7 @@ impl Snapshotter {
         for d in [s.snapshots_dir(), s.tmp_dir(), s.native_dir()] {
             io_ctx(&d, fs::create_dir_all(&d))?;
         }
+        remove_stale(&s.tmp_dir());
         Ok(s)
     }
 
@@ -593,8 +594,60 @@ impl Drop for ReadOnlyView {
     }
 }
 
+/// Prefixes of the temp dirs of snapshots, views, unpacks and runs.
+const TEMP_PREFIXES: [&str; 6] = ["snap-", "view-", "unpack-", "flat-", "run-", "probe-"];
+
+/// Removes the temp dirs (and their mounts) of rbuild processes that died
+/// without cleaning up (SIGKILL, power loss). A temp dir's name carries its
+/// owner's pid; dirs of live processes are left alone, so concurrent builds
+/// on one store are safe. Best effort: failures leave things for next time.
+fn remove_stale(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    let own = std::process::id();
+    let mut stale = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = TEMP_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let dead = pid as u32 != own
+            && unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if dead {
+            stale.push(e.path());
+        }
+    }
+    if stale.is_empty() {
+        return;
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for dir in stale {
+        let prefix = format!("{}/", dir.display());
+        let mut points: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        // Innermost first.
+        points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        let mut busy = false;
+        for m in points {
+            busy |= mount::unmount(Path::new(m)).is_err();
+        }
+        if !busy {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 /// A private (0700) directory under the store's `tmp/`, removed on drop
-/// unless persisted.
+/// unless persisted. Its name is `<prefix><pid>-<random>`.
 pub(crate) struct TempDir {
     pub(crate) path: PathBuf,
     keep: bool,
@@ -603,7 +656,7 @@ pub(crate) struct TempDir {
 impl TempDir {
     pub(crate) fn new(parent: &Path, prefix: &str) -> io::Result<TempDir> {
         let mut template = parent
-            .join(format!("{prefix}XXXXXX"))
+            .join(format!("{prefix}{}-XXXXXX", std::process::id()))
             .into_os_string()
             .into_vec();
         template.push(0);
