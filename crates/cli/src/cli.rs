@@ -43,6 +43,8 @@ pub enum Command {
     Load(LoadArgs),
     /// Create an image from a root filesystem tarball
     Import(ImportArgs),
+    /// Inspect the Dockerfile parser (parse tree, word expansion)
+    Debug(crate::debug::DebugArgs),
 }
 
 /// `rbuild build`.

@@ -5,6 +5,7 @@
 
 mod build;
 mod cli;
+mod debug;
 mod diagnostics;
 mod explain;
 mod export;
@@ -53,5 +54,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Save(args) => export::save(&store()?, &args),
         Command::Load(args) => export::load(&store()?, &args),
         Command::Import(args) => export::import(&store()?, &args),
+        Command::Debug(args) => debug::run(&args),
     }
 }
