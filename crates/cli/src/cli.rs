@@ -43,6 +43,14 @@ pub enum Command {
     Load(LoadArgs),
     /// Create an image from a root filesystem tarball
     Import(ImportArgs),
+    /// Log in to a registry (the credentials are checked, then saved)
+    Login(crate::registry::LoginArgs),
+    /// Remove the saved credentials of a registry
+    Logout(crate::registry::LogoutArgs),
+    /// Pull an image from a registry into the store
+    Pull(crate::registry::PullArgs),
+    /// Push an image from the store to a registry
+    Push(crate::registry::PushArgs),
     /// Inspect the Dockerfile parser (parse tree, word expansion)
     Debug(crate::debug::DebugArgs),
 }

@@ -12,6 +12,7 @@ mod export;
 mod images;
 mod outputs;
 mod progress;
+mod registry;
 mod root;
 
 use std::path::Path;
@@ -54,6 +55,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Save(args) => export::save(&store()?, &args),
         Command::Load(args) => export::load(&store()?, &args),
         Command::Import(args) => export::import(&store()?, &args),
+        Command::Login(args) => registry::login(&args),
+        Command::Logout(args) => registry::logout(&args),
+        Command::Pull(args) => registry::pull(&store()?, &args),
+        Command::Push(args) => registry::push(&store()?, &args),
         Command::Debug(args) => debug::run(&args),
     }
 }
