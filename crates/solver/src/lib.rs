@@ -249,7 +249,19 @@ fn run(
     let want: Vec<bool> = p.plan.stages.iter().map(|s| s.needed).collect();
     let results = sched::run_dag(&deps, &want, request.jobs, |i, inputs| {
         runner.run_stage(i, inputs)
-    })?;
+    });
+    // Downloaded ADD URLs were copied into layers (or the build failed):
+    // they are not kept.
+    for (path, _) in p
+        .sources
+        .downloads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    let results = results?;
     let target = results[p.plan.target]
         .clone()
         .expect("the target stage is needed and was built");

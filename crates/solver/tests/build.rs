@@ -238,3 +238,70 @@ fn multi_stage_copy_from_and_target() {
         Err(BuildError::UnknownTarget { .. })
     ));
 }
+
+/// Serves the current `body` for every request on 127.0.0.1; returns the
+/// base URL.
+fn serve(body: std::sync::Arc<Mutex<String>>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            let body = body.lock().unwrap().clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn add_url_downloads_and_keys_on_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctx, root) = (tmp.path().join("ctx"), tmp.path().join("store"));
+    context(&ctx);
+    let build_with = |url: &str| {
+        let mut req = request(&ctx, &root);
+        req.dockerfile = DockerfileSource::Text {
+            name: "Dockerfile".into(),
+            text: format!("FROM scratch\nADD {url}/file.txt /dl/\nCOPY a.txt /a\n"),
+        };
+        let rec = Record::default();
+        let r = build(&req, &rec).unwrap();
+        let ran = rec.0.lock().unwrap().clone();
+        (r, ran)
+    };
+    let body = std::sync::Arc::new(Mutex::new("one\n".to_string()));
+    let url = serve(body.clone());
+    let (r1, _) = build_with(&url);
+    let image = image_config(&root, &r1.manifest_digest);
+    assert_eq!(image.layers().len(), 2);
+    // Same URL, same content: cached.
+    let (r2, ran) = build_with(&url);
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(r2.manifest_digest, r1.manifest_digest);
+    // Different content behind the same URL: the ADD and what follows run
+    // again.
+    *body.lock().unwrap() = "two\n".to_string();
+    let (_, ran) = build_with(&url);
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    // Nothing downloaded is left behind.
+    let leftovers: Vec<_> = fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("add-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
