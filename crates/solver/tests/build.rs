@@ -305,3 +305,49 @@ fn add_url_downloads_and_keys_on_content() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn onbuild_triggers_run_in_the_child_with_its_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctx, root) = (tmp.path().join("ctx"), tmp.path().join("store"));
+    context(&ctx);
+    let mut req = request(&ctx, &root);
+    req.dockerfile = DockerfileSource::Text {
+        name: "parent".into(),
+        text: "FROM scratch\nONBUILD COPY a.txt /from-trigger\nONBUILD ENV TRIGGERED=1\n".into(),
+    };
+    let parent = build(&req, &Record::default()).unwrap();
+    let store = rbuild_image::Store::open(&root).unwrap();
+    store
+        .tag(
+            &rbuild_image::Reference::parse("parent:1").unwrap(),
+            &parent.manifest_digest,
+        )
+        .unwrap();
+
+    fs::write(ctx.join("a.txt"), "child context\n").unwrap();
+    req.dockerfile = DockerfileSource::Text {
+        name: "child".into(),
+        text: "FROM parent:1\nONBUILD RUN echo grandchild\n".into(),
+    };
+    let child = build(&req, &Record::default()).unwrap();
+    let texts: Vec<&str> = child
+        .steps
+        .iter()
+        .map(|s| s.info.instruction.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "FROM parent:1",
+            "COPY a.txt /from-trigger",
+            "ENV TRIGGERED=1",
+            "ONBUILD RUN echo grandchild"
+        ]
+    );
+    let image = image_config(&root, &child.manifest_digest);
+    assert!(image.config.config.env.contains(&"TRIGGERED=1".to_string()));
+    // Only the child's own ONBUILD lines are kept.
+    assert_eq!(image.config.config.on_build, vec!["RUN echo grandchild"]);
+    assert_eq!(image.layers().len(), 1);
+}
