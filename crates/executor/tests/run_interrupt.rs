@@ -48,7 +48,11 @@ fn sigint_kills_the_step_and_cleans_up() {
     drop(snap);
     assert!(mounts(env.root()).is_empty(), "mounts left behind");
     assert!(list(&env.root().join("tmp")).is_empty());
-    // Later runs refuse to start.
+    // Later steps refuse to start.
+    assert!(matches!(
+        env.snapshotter(SnapshotterKind::Overlay).prepare(&[]),
+        Err(rbuild_executor::snapshot::SnapshotError::Interrupted)
+    ));
     let again = sandbox::run(std::path::Path::new("/"), &spec, &mut |_| {}).unwrap_err();
     assert!(matches!(again, SandboxError::Interrupted));
 }

@@ -272,7 +272,11 @@ static INTERRUPT_W: AtomicI32 = AtomicI32::new(-1);
 static INTERRUPT_R: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    // A second signal while cleanup runs means "stop now", as with Docker.
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
     let fd = INTERRUPT_W.load(Ordering::SeqCst);
     if fd >= 0 {
         let b = 1u8;
@@ -286,7 +290,8 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 /// [`SandboxError::Interrupted`], and the caller unwinds, dropping snapshots
 /// (which unmounts them and removes their temp dirs). Call once at startup;
 /// later calls do nothing. After a signal, [`interrupted`] is true and every
-/// new [`run`] fails at once.
+/// new [`run`] and snapshot `prepare` fails at once, so a build stops at the
+/// next step; a second signal exits rbuild immediately (status 130).
 pub fn handle_interrupts() -> io::Result<()> {
     if INTERRUPT_W.load(Ordering::SeqCst) >= 0 {
         return Ok(());

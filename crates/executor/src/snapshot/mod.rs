@@ -77,6 +77,9 @@ pub enum SnapshotError {
     /// Reading the changes of a snapshot failed.
     #[error(transparent)]
     Diff(#[from] DiffError),
+    /// rbuild received SIGINT or SIGTERM (see [`crate::sandbox::handle_interrupts`]).
+    #[error("interrupted")]
+    Interrupted,
     /// An unknown `--snapshotter` name.
     #[error("unknown snapshotter {0:?} (expected overlay or native)")]
     UnknownKind(String),
@@ -202,6 +205,9 @@ impl Snapshotter {
     /// A writable root filesystem holding `parent` (bottom layer first; empty
     /// for `FROM scratch`). Layers not yet unpacked are unpacked first.
     pub fn prepare(&self, parent: &[LayerDescriptor]) -> Result<ActiveSnapshot> {
+        if crate::sandbox::interrupted() {
+            return Err(SnapshotError::Interrupted);
+        }
         let dir = io_ctx(&self.tmp_dir(), TempDir::new(&self.tmp_dir(), "snap-"))?;
         match self.kind {
             SnapshotterKind::Overlay => {
