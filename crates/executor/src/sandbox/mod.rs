@@ -19,7 +19,10 @@
 //! removed after it, so they never reach the layer.
 //!
 //! This module does not decide *what* to run (the solver builds `args` from
-//! SHELL and the instruction) nor resolve users (see [`crate::user`]).
+//! SHELL and the instruction) nor resolve users (see [`crate::user`]). Not
+//! done here: seccomp and LSM profiles, cgroup limits (cgroups are optional
+//! on the hosts rbuild targets), user namespaces for rootless builds, and
+//! `type=ssh` mounts.
 
 mod process;
 mod setup;

@@ -410,6 +410,10 @@ fn command(exec: &Exec, out_w: &OwnedFd, status_w: &OwnedFd, stdin_r: &OwnedFd) 
     }
     close_other_fds();
     reset_signals();
+    // Docker's umask, whatever rbuild was started with: file modes made by
+    // RUN must not depend on the builder's shell.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o022) };
     for cap in 0..=exec.last_cap {
         if !KEPT_CAPS.contains(&cap) {
             // SAFETY: prctl with a capability number; unknown ones fail harmlessly.
