@@ -123,9 +123,10 @@ impl Dockerfile {
                     workdir = Some("/".to_string());
                 }
                 other => {
-                    let deps_here = deps
-                        .last_mut()
-                        .expect("parse rejects instructions before FROM");
+                    // `parse` rejects instructions before the first FROM; a hand-built
+                    // Dockerfile may not, and then there is no stage to record edges for.
+                    let mut no_stage = Vec::new();
+                    let deps_here = deps.last_mut().unwrap_or(&mut no_stage);
                     check_instruction(&scope, other, &mut env, &globals, &mut workdir, deps_here)
                         .map_err(err)?;
                 }
