@@ -20,7 +20,7 @@ pub enum Progress {
     /// BuildKit-like `#N ...` lines.
     Plain(Mutex<Plain>),
     /// A live terminal view.
-    Tty(Tty),
+    Tty(Box<Tty>),
 }
 
 impl Progress {
@@ -36,7 +36,7 @@ impl Progress {
 
     /// A live view on stderr.
     pub fn tty() -> Progress {
-        Progress::Tty(Tty::new())
+        Progress::Tty(Box::new(Tty::new()))
     }
 
     /// Reports the export phase's extra work done by the CLI after the solver
