@@ -244,6 +244,10 @@ pub struct Tty {
 struct TtyState {
     steps: HashMap<usize, TtyStep>,
     export: Option<ProgressBar>,
+    /// Finished steps in completion order: the final frame, printed when
+    /// the live view is cleared (a rate-limited terminal may never have
+    /// drawn their last state).
+    done: Vec<String>,
 }
 
 struct TtyStep {
@@ -297,6 +301,12 @@ impl Tty {
             ProgressEvent::Cached(step) => {
                 let bar = self.step_bar(step, &self.done);
                 bar.finish_with_message(format!("{}  CACHED", step.instruction));
+                st.done.push(format!(
+                    "#{} {} {}  CACHED",
+                    step.id,
+                    step.label(),
+                    step.instruction
+                ));
             }
             ProgressEvent::Output(step, bytes) => {
                 let Some(s) = st.steps.get_mut(&step.id) else {
@@ -336,6 +346,13 @@ impl Tty {
                     s.bar
                         .finish_with_message(format!("{}  DONE {}", step.instruction, secs(took)));
                 }
+                st.done.push(format!(
+                    "#{} {} {}  DONE {}",
+                    step.id,
+                    step.label(),
+                    step.instruction,
+                    secs(took)
+                ));
             }
             ProgressEvent::Failed(step, message) => {
                 if let Some(s) = st.steps.remove(&step.id) {
@@ -363,27 +380,30 @@ impl Tty {
     }
 
     fn export_line(&self, text: &str) {
-        let st = lock(&self.state);
-        match &st.export {
-            Some(bar) => bar.set_message(text.to_string()),
-            None => {
-                let _ = self.multi.println(format!("{text} done"));
-            }
+        let mut st = lock(&self.state);
+        if let Some(bar) = &st.export {
+            bar.set_message(text.to_string());
         }
+        st.done.push(format!("{text} done"));
     }
 
     fn finish(&self, summary: &Summary) {
         let mut st = lock(&self.state);
         if let Some(bar) = st.export.take() {
-            bar.set_style(self.done.clone());
-            bar.finish_with_message("DONE");
+            bar.finish_and_clear();
         }
-        let _ = self.multi.println(format!(
+        let _ = self.multi.clear();
+        let mut err = std::io::stderr().lock();
+        for line in &st.done {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = writeln!(
+            err,
             "{} steps executed, {} cached in {}",
             summary.executed,
             summary.cached,
             secs(summary.elapsed)
-        ));
+        );
     }
 
     fn abandon(&self) {
