@@ -127,6 +127,9 @@ impl RegistryClient {
             .http_status_as_error(false)
             .tls_config(tls)
             .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+            // Blob redirects usually point at object storage on another
+            // host, which must not see registry credentials.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(300)))
             .timeout_per_read(Some(Duration::from_secs(120)))

@@ -9,14 +9,13 @@ use rbuild_cache::Digest;
 
 use super::platform::Platform;
 
-/// OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index media type.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest v2 schema 2 media type.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list media type.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+// The media types are the store's; short names keep the matches below readable.
+use crate::manifest::{
+    MEDIA_TYPE_DOCKER_MANIFEST as DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST as DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX as OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST as OCI_MANIFEST,
+};
+
 /// Docker schema 1 (signed) manifests: obsolete, refused with a clear error.
 const DOCKER_SCHEMA1: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v1+json",
