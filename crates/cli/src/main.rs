@@ -46,7 +46,13 @@ fn run(cli: Cli) -> Result<()> {
     let root = || root::resolve(&root::RootInputs::from_env(flag.clone()));
     let store = || open_store(&root()?);
     match cli.command {
-        Command::Build(args) => build::run(&args, &root()?),
+        Command::Build(args) => {
+            // A signal must stop the running step and unwind through the
+            // snapshots' cleanup rather than kill rbuild with mounts in place.
+            rbuild_executor::sandbox::handle_interrupts()
+                .context("installing the SIGINT/SIGTERM handlers")?;
+            build::run(&args, &root()?)
+        }
         Command::Images(args) => images::images(&store()?, &args),
         Command::Tag(args) => images::tag(&store()?, &args),
         Command::Rmi(args) => images::rmi(&store()?, &args),

@@ -20,9 +20,9 @@ pub use store::{Image, Problem, Store, StoreError};
 
 pub mod compress;
 pub mod layer;
+pub mod registry;
 pub mod rootfs;
 pub mod unpack;
-pub mod registry;
 pub use compress::Compression;
 pub use layer::{
     compress_tar, entries_from_dir, write_layer, EntryKind, LayerDescriptor, LayerEntry,
