@@ -2,13 +2,14 @@
 # Installs the Debian packages rbuild's tests use: the independent image checkers
 # (skopeo, umoci, jq), the busybox base image source (busybox-static), the registry
 # (docker-registry, apache2-utils for htpasswd), compressors and archivers for ADD tests,
-# and buildah/podman/runc for interop checks and benchmarks. Idempotent: installs only
+# buildah/podman/runc for interop checks and benchmarks, and strace to prove that
+# a no-op rebuild opens no context file. Idempotent: installs only
 # what is missing and runs `apt-get update` only then.
 set -euo pipefail
 packages=(
     skopeo umoci jq busybox-static docker-registry apache2-utils
     bzip2 xz-utils zstd pigz graphviz tar gzip python3 curl
-    buildah podman runc uidmap
+    buildah podman runc uidmap strace
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,6 +4,7 @@
 //! different stores byte-identical.
 
 use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -173,4 +174,73 @@ fn source_date_epoch_gives_identical_images_in_different_stores() {
     let out = run_ok(w.cmd_root(&w.path("s1"), &["inspect", "r:1"]));
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["Created"], "2023-11-14T22:13:20Z");
+}
+
+/// The context files a traced rbuild opened other than as a directory:
+/// every successful `open`/`openat`/`openat2` of a path under `ctx`
+/// without `O_DIRECTORY`, as strace logged them.
+fn context_files_opened(log: &str, ctx: &Path) -> Vec<String> {
+    let prefix = format!("\"{}/", ctx.display());
+    log.lines()
+        .filter(|l| {
+            l.contains("open")
+                && l.contains(&prefix)
+                && !l.contains("O_DIRECTORY")
+                && !l.contains(" = -1 ")
+        })
+        .filter_map(|l| {
+            let start = l.find(&prefix)? + prefix.len();
+            let end = start + l[start..].find('"')?;
+            Some(l[start..end].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn no_op_rebuild_opens_no_context_file() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace is missing; scripts/install-test-deps.sh installs it"
+        );
+        eprintln!("skipping no_op_rebuild_opens_no_context_file: strace is not installed");
+        return;
+    }
+    let w = World::new();
+    for i in 0..50 {
+        w.write(&format!("src/d{}/f{i}.txt", i % 5), &format!("file {i}"));
+    }
+    w.write("a.txt", "A");
+    w.write("b.txt", "B");
+    w.dockerfile(DOCKERFILE);
+    let ctx = w.ctx();
+    let args = ["build", "-q", "-t", "s:1", ctx.to_str().unwrap()];
+    let trace = |log: &Path| {
+        let mut c = Command::new("strace");
+        c.args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+            .arg(log)
+            .arg(env!("CARGO_BIN_EXE_rbuild"))
+            .arg("--root")
+            .arg(w.root())
+            .args(args);
+        c.env_remove("SOURCE_DATE_EPOCH").env_remove("RBUILD_ROOT");
+        let id = run_ok(c);
+        (id, std::fs::read_to_string(log).unwrap())
+    };
+
+    // The cold build reads every selected file: the trace sees them, so an
+    // empty list below means something.
+    let (first_id, cold) = trace(&w.path("cold.strace"));
+    let cold_opened = context_files_opened(&cold, &ctx);
+    assert!(cold_opened.contains(&"a.txt".to_string()), "{cold_opened:?}");
+    assert!(
+        cold_opened.contains(&"src/d3/f8.txt".to_string()),
+        "{cold_opened:?}"
+    );
+
+    // The no-op rebuild: same image, and the only context file opened is
+    // the Dockerfile itself.
+    let (second_id, noop) = trace(&w.path("noop.strace"));
+    assert_eq!(second_id, first_id);
+    assert_eq!(context_files_opened(&noop, &ctx), ["Dockerfile"]);
 }
