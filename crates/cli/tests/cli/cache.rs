@@ -232,7 +232,10 @@ fn no_op_rebuild_opens_no_context_file() {
     // empty list below means something.
     let (first_id, cold) = trace(&w.path("cold.strace"));
     let cold_opened = context_files_opened(&cold, &ctx);
-    assert!(cold_opened.contains(&"a.txt".to_string()), "{cold_opened:?}");
+    assert!(
+        cold_opened.contains(&"a.txt".to_string()),
+        "{cold_opened:?}"
+    );
     assert!(
         cold_opened.contains(&"src/d3/f8.txt".to_string()),
         "{cold_opened:?}"
