@@ -9,6 +9,7 @@ mod debug;
 mod diagnostics;
 mod explain;
 mod export;
+mod graph;
 mod images;
 mod outputs;
 mod progress;
@@ -66,5 +67,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pull(args) => registry::pull(&store()?, &args),
         Command::Push(args) => registry::push(&store()?, &args),
         Command::Debug(args) => debug::run(&args),
+        Command::Graph(args) => graph::run(&args, &root()?),
     }
 }

@@ -40,6 +40,9 @@ pub struct StepNode {
     pub key: Digest,
     /// The inputs of the key.
     pub inputs: KeyInputs,
+    /// Whether this is a stage's FROM: nothing runs and nothing is stored
+    /// in the cache, so a build always reports it cached.
+    pub is_from: bool,
 }
 
 /// The DAG of the steps to build (pruned stages are absent). Edges point
@@ -60,37 +63,80 @@ impl BuildGraph {
         self.stages[stage].last().map(|n| &self.graph[*n])
     }
 
-    /// The graph in Graphviz DOT: stages as clusters, `--from` edges dashed,
-    /// each step marked cached or to run by `cached(key)`.
+    /// The graph in Graphviz DOT: one cluster per stage (the target's label
+    /// says so), one box per step marked `CACHED` (filled grey) or `to run`
+    /// by `cached(key)` (a FROM is always cached, as a build reports it),
+    /// base images and `--from` images as ellipses, and
+    /// edges from each step to what it depends on: solid for the previous
+    /// step, bold for `FROM <stage>`, dashed for `--from`.
     pub fn to_dot(&self, cached: &dyn Fn(&Digest) -> bool) -> String {
         let mut s = String::from(
             "digraph build {\n  rankdir=TB;\n  node [shape=box, fontname=monospace];\n",
         );
+        let mut images: Vec<(String, String)> = Vec::new();
+        let mut image_node = |name: &str, digest: &Digest| -> String {
+            let label = format!("{name}\n{}", short(digest));
+            match images.iter().position(|(l, _)| *l == label) {
+                Some(i) => images[i].1.clone(),
+                None => {
+                    let id = format!("img{}", images.len());
+                    images.push((label, id.clone()));
+                    id
+                }
+            }
+        };
+        let mut image_edges = String::new();
         for (i, nodes) in self.stages.iter().enumerate() {
             let Some(first) = nodes.first() else {
                 continue;
             };
             let name = &self.graph[*first].info.stage_name;
+            let title = if i == self.target {
+                format!("{name} (target)")
+            } else {
+                name.clone()
+            };
             s.push_str(&format!(
                 "  subgraph cluster_{i} {{\n    label={};\n",
-                dot_quote(name)
+                dot_label(&[&title])
             ));
             for n in nodes {
                 let node = &self.graph[*n];
-                let state = if cached(&node.key) { "cached" } else { "run" };
-                let color = if state == "cached" { "gray" } else { "black" };
+                let (state, attrs) = if node.is_from || cached(&node.key) {
+                    ("CACHED", ", style=filled, fillcolor=lightgrey")
+                } else {
+                    ("to run", "")
+                };
+                let text = format!("{} {}", node.info.label(), shorten(&node.info.instruction));
                 s.push_str(&format!(
-                    "    n{} [label={}, color={color}];\n",
+                    "    n{} [label={}{attrs}];\n",
                     n.index(),
-                    dot_quote(&format!(
-                        "{} {}\\n{state}",
-                        node.info.label(),
-                        node.info.instruction
-                    ))
+                    dot_label(&[&text, state])
                 ));
+                let mut froms: Vec<(&str, &Digest, &str)> = Vec::new();
+                if let ParentInput::Image { name, digest } = &node.inputs.parent {
+                    froms.push((name, digest, "bold"));
+                }
+                for src in &node.inputs.sources {
+                    if let SourceInput::Image { name, digest, .. } = src {
+                        froms.push((name, digest, "dashed"));
+                    }
+                }
+                for (name, digest, style) in froms {
+                    let id = image_node(name, digest);
+                    image_edges.push_str(&format!("  {id} -> n{} [style={style}];\n", n.index()));
+                }
             }
             s.push_str("  }\n");
         }
+        for (label, id) in &images {
+            let parts: Vec<&str> = label.split('\n').collect();
+            s.push_str(&format!(
+                "  {id} [shape=ellipse, label={}];\n",
+                dot_label(&parts)
+            ));
+        }
+        s.push_str(&image_edges);
         for e in self.graph.edge_indices() {
             let (a, b) = self.graph.edge_endpoints(e).expect("edge exists");
             let style = match self.graph[e] {
@@ -109,13 +155,34 @@ impl BuildGraph {
     }
 }
 
-fn dot_quote(s: &str) -> String {
-    format!(
-        "\"{}\"",
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace("\\\\n", "\\n")
-    )
+/// A DOT string literal of `lines`, one per label line: quotes and
+/// backslashes of the text are escaped, so a `\n` written in a RUN stays
+/// text and only the joins break lines.
+fn dot_label(lines: &[&str]) -> String {
+    let escaped: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            l.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', " ")
+        })
+        .collect();
+    format!("\"{}\"", escaped.join("\\n"))
+}
+
+/// Long instructions (a RUN with a script) are cut so boxes stay readable.
+fn shorten(instruction: &str) -> String {
+    const MAX: usize = 60;
+    match instruction.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &instruction[..at]),
+        None => instruction.to_string(),
+    }
+}
+
+/// `sha256:` and the first 12 hex digits, as `docker images` shows IDs.
+fn short(d: &Digest) -> String {
+    let full = d.to_string();
+    full.chars().take("sha256:".len() + 12).collect()
 }
 
 /// Digests of sources that live outside the plan: context selections and
@@ -201,7 +268,11 @@ pub fn build_graph(
             let (srcs, from_edges) = step_sources(step, &stage_nodes, &graph, sources)?;
             let inputs = KeyInputs {
                 parent,
-                platform: platform.to_string(),
+                // A stage's own `FROM --platform` wins over the build's.
+                platform: sp
+                    .platform
+                    .as_ref()
+                    .map_or_else(|| platform.to_string(), ToString::to_string),
                 instruction: step.info.instruction.clone(),
                 args: step.args.clone(),
                 env: rbuild_parser::env_from_pairs(&step.before.config.env),
@@ -218,6 +289,7 @@ pub fn build_graph(
                 info: step.info.clone(),
                 key: inputs.key(),
                 inputs,
+                is_from: matches!(step.op, Op::From),
             });
             if let Some((p, e)) = parent_edge {
                 graph.add_edge(node, p, e);
@@ -478,6 +550,15 @@ mod tests {
     }
 
     #[test]
+    fn dot_labels_escape_quotes_and_backslashes() {
+        assert_eq!(
+            dot_label(&[r#"RUN printf "a\nb""#, "to run"]),
+            r#""RUN printf \"a\\nb\"\nto run""#
+        );
+        assert_eq!(shorten(&"x".repeat(61)), format!("{}...", "x".repeat(60)));
+    }
+
+    #[test]
     fn graph_has_from_edges_and_renders_dot() {
         let p = plan_text(DF, &[], None, &no_images).unwrap();
         let g = build_graph(
@@ -493,10 +574,28 @@ mod tests {
             .count();
         assert_eq!(from_edges, 1);
         assert!(petgraph::algo::toposort(&g.graph, None).is_ok());
-        let dot = g.to_dot(&|_| false);
+        let build_last = g.stages[0].last().unwrap().index();
+        let copy_from = g.stages[1].last().unwrap().index();
+        let first_copy = g.graph[g.stages[1][1]].key;
+        let dot = g.to_dot(&|k| *k == first_copy);
         assert!(
-            dot.contains("cluster_0") && dot.contains("style=dashed"),
+            dot.contains("subgraph cluster_0 {\n    label=\"build\";"),
             "{dot}"
         );
+        assert!(dot.contains("label=\"stage-1 (target)\""), "{dot}");
+        assert!(
+            dot.contains(&format!("n{build_last} -> n{copy_from} [style=dashed];")),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("[label=\"[stage-1 2/5] COPY a.txt /a\\nCACHED\", style=filled"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("[label=\"[stage-1 3/5] ENV X=1\\nto run\"]"),
+            "{dot}"
+        );
+        // The cached COPY and the two FROMs.
+        assert_eq!(dot.matches("CACHED").count(), 3, "{dot}");
     }
 }
