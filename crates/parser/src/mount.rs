@@ -398,6 +398,60 @@ pub fn parse_mount(raw: &str, mut expander: Option<MountExpander<'_>>) -> Result
     Ok(m)
 }
 
+/// The mount as a canonical `--mount` value (`type=cache,target=/x,...`): the
+/// fields that are set, in a fixed order, quoted like CSV where needed. Used
+/// for progress lines and history, where the debug form would be noise.
+impl std::fmt::Display for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut fields = vec![format!("type={}", type_name(self.kind))];
+        let mut push = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                fields.push(csv_quote(&format!("{key}={v}")));
+            }
+        };
+        push("from", self.from.clone());
+        push("source", self.source.clone());
+        push("target", self.target.clone());
+        push("id", self.id.clone());
+        push(
+            "sharing",
+            self.sharing.map(|s| {
+                match s {
+                    Sharing::Shared => "shared",
+                    Sharing::Private => "private",
+                    Sharing::Locked => "locked",
+                }
+                .to_string()
+            }),
+        );
+        push("size", self.size.map(|s| s.to_string()));
+        push("mode", self.mode.map(|m| format!("{m:04o}")));
+        push("uid", self.uid.map(|u| u.to_string()));
+        push("gid", self.gid.map(|g| g.to_string()));
+        push("env", self.env.clone());
+        if self.required {
+            fields.push("required".into());
+        }
+        let readonly_by_default = matches!(
+            self.kind,
+            MountType::Bind | MountType::Secret | MountType::Ssh
+        );
+        if self.readonly != readonly_by_default {
+            fields.push(if self.readonly { "ro" } else { "rw" }.into());
+        }
+        f.write_str(&fields.join(","))
+    }
+}
+
+/// Quotes one CSV field the way [`csv_fields`] reads it back.
+fn csv_quote(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}
+
 fn type_name(t: MountType) -> &'static str {
     match t {
         MountType::Bind => "bind",
@@ -451,6 +505,32 @@ mod tests {
     fn full(raw: &str) -> Result<Mount, String> {
         let mut id = |v: &str| Ok(Some(v.to_string()));
         parse_mount(raw, Some(&mut id))
+    }
+
+    #[test]
+    fn display_is_a_canonical_value_that_parses_back() {
+        for (raw, shown) in [
+            (
+                "target=/root/.cache,type=cache,sharing=locked,mode=0755,uid=1",
+                "type=cache,target=/root/.cache,sharing=locked,mode=0755,uid=1",
+            ),
+            ("type=bind,src=.,dst=/ctx", "type=bind,source=.,target=/ctx"),
+            ("type=bind,target=/x,rw", "type=bind,target=/x,rw"),
+            ("type=cache,target=/c,ro=true", "type=cache,target=/c,ro"),
+            (
+                "type=secret,id=tok,required,env=TOKEN",
+                "type=secret,id=tok,env=TOKEN,required",
+            ),
+            (
+                "type=tmpfs,target=/t,size=1024",
+                "type=tmpfs,target=/t,size=1024",
+            ),
+            ("type=bind,\"target=/a,b\"", "type=bind,\"target=/a,b\""),
+        ] {
+            let m = full(raw).unwrap();
+            assert_eq!(m.to_string(), shown, "{raw}");
+            assert_eq!(full(shown).unwrap(), m, "{shown}");
+        }
     }
 
     #[test]

@@ -758,10 +758,7 @@ fn plan_stage(
                 };
                 let mut text = String::from("RUN");
                 for m in &e.mounts {
-                    text.push_str(&format!(
-                        " --mount={}",
-                        serde_json::to_string(m).unwrap_or_default()
-                    ));
+                    text.push_str(&format!(" --mount={m}"));
                 }
                 if let Some(n) = r.network {
                     text.push_str(&format!(" --network={}", network_name(n)));
