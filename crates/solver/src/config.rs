@@ -92,7 +92,7 @@ impl StageConfig {
         } else {
             format!("{}/{}", self.workdir(), path)
         };
-        self.config.working_dir = clean_path(&joined);
+        self.config.working_dir = rbuild_executor::pathmatch::clean(&joined);
         self.config.working_dir.clone()
     }
 
@@ -112,22 +112,6 @@ impl StageConfig {
             self.config.volumes.insert(p.clone(), EmptyObject);
         }
     }
-}
-
-/// Cleans an absolute path like Go's `path.Clean`: no `.`, `..` resolved
-/// (clamped at `/`), no duplicate or trailing slashes.
-pub fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 /// `80` → `["80/tcp"]`, `53/UDP` → `["53/udp"]`, `8000-8002` → three ports.
