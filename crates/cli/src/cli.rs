@@ -297,9 +297,17 @@ pub struct ImportArgs {
     /// Root filesystem tarball (plain or compressed); `-` for stdin
     #[arg(value_name = "ROOTFS_TAR")]
     pub source: PathBuf,
-    /// Name for the new image
+    /// Name for the new image [default: untagged]
     #[arg(value_name = "NAME[:TAG]")]
-    pub name: String,
+    pub name: Option<String>,
+    /// A Dockerfile instruction to apply to the image config (CMD,
+    /// ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, USER, VOLUME,
+    /// WORKDIR); repeatable
+    #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
+    pub changes: Vec<String>,
+    /// The history comment [default: "Imported from SOURCE"]
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 /// Global options that take a value in the next argument; the argv rewrite

@@ -217,10 +217,17 @@ pub fn load(store: &Store, args: &LoadArgs) -> Result<()> {
     Ok(())
 }
 
-/// `rbuild import ROOTFS NAME`: prints the new image's ID.
+/// `rbuild import ROOTFS [NAME]`: prints the new image's ID.
 pub fn import(store: &Store, args: &ImportArgs) -> Result<()> {
-    let name = Reference::parse(&args.name)
-        .map_err(|e| anyhow!("invalid image name {:?}: {e}", args.name))?;
+    let name = args
+        .name
+        .as_deref()
+        .map(|n| Reference::parse(n).map_err(|e| anyhow!("invalid image name {n:?}: {e}")))
+        .transpose()?;
+    // Checked before the tarball is read, so a typo costs nothing.
+    let (os, arch, variant) = rbuild_image::config::host_platform();
+    let mut config = rbuild_image::ImageConfig::new(os, arch, variant);
+    rbuild_solver::apply_changes(&mut config, &args.changes)?;
     let (reader, what): (Box<dyn Read + Send>, String) = if args.source.as_os_str() == "-" {
         (Box::new(std::io::stdin()), "stdin".to_string())
     } else {
@@ -252,8 +259,10 @@ pub fn import(store: &Store, args: &ImportArgs) -> Result<()> {
         },
         // With SOURCE_DATE_EPOCH an import is reproducible, as a build is.
         created: epoch.map_or_else(SystemTime::now, |e| UNIX_EPOCH + Duration::from_secs(e)),
+        message: args.message.clone(),
+        config: config.config,
     };
-    let image = archive::import_rootfs(store, BufReader::new(reader), Some(&name), &opts)
+    let image = archive::import_rootfs(store, BufReader::new(reader), name.as_ref(), &opts)
         .with_context(|| format!("importing {what}"))?;
     println!("{}", image.config_digest);
     Ok(())

@@ -20,7 +20,7 @@ use rbuild_cache::{write_atomic, Digest, Hasher, TEMP_PREFIX};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::{self, Format};
-use crate::config::{host_platform, rfc3339, History, ImageConfig};
+use crate::config::{host_platform, rfc3339, ContainerConfig, History, ImageConfig};
 use crate::layer::{compress_tar, LayerDescriptor, LayerError, LayerOptions};
 use crate::manifest::{
     is_index, is_manifest, Descriptor, Index, Manifest, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME,
@@ -856,6 +856,12 @@ pub struct ImportOptions {
     pub source: String,
     /// Creation time of the image.
     pub created: SystemTime,
+    /// The history comment; `Imported from <source>` when `None`
+    /// (`docker import -m`).
+    pub message: Option<String>,
+    /// The runtime config (Cmd, Env, WorkingDir, ...) of the new image
+    /// (`docker import --change`); empty by default.
+    pub config: ContainerConfig,
 }
 
 /// `docker import`: stores a rootfs tarball (plain or compressed) as a
@@ -873,9 +879,14 @@ pub fn import_rootfs<R: Read + Send>(
     let created = rfc3339(opts.created);
     config.created = Some(created.clone());
     config.rootfs.diff_ids = vec![layer.diff_id];
+    config.config = opts.config.clone();
     config.history = vec![History {
         created: Some(created),
-        comment: Some(format!("Imported from {}", opts.source)),
+        comment: Some(
+            opts.message
+                .clone()
+                .unwrap_or_else(|| format!("Imported from {}", opts.source)),
+        ),
         ..History::default()
     }];
     let image = store.put_image(&config, &[layer])?;

@@ -610,6 +610,8 @@ fn import_rootfs_makes_a_one_layer_image() {
         layer: LayerOptions::default(),
         source: "rootfs.tar.gz".into(),
         created: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_704_067_200),
+        message: None,
+        config: Default::default(),
     };
     let img = archive::import_rootfs(&s, &gz[..], Some(&r("imported:1")), &opts).unwrap();
     assert_eq!(img.layers().len(), 1);

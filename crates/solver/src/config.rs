@@ -6,7 +6,8 @@
 //! little state only the solver needs.
 
 use rbuild_image::config::EmptyObject;
-use rbuild_image::ContainerConfig;
+use rbuild_image::{ContainerConfig, Healthcheck as ImageHealthcheck};
+use rbuild_parser::{Healthcheck, Instruction};
 
 /// Docker's default PATH, set in every stage whose base image has none (as
 /// BuildKit does, so `FROM scratch` images carry it too).
@@ -67,6 +68,118 @@ impl StageConfig {
         } else {
             &self.config.working_dir
         }
+    }
+
+    /// Applies a metadata instruction (ENV, LABEL, MAINTAINER, EXPOSE,
+    /// VOLUME, USER, STOPSIGNAL, SHELL, ONBUILD, CMD, ENTRYPOINT,
+    /// HEALTHCHECK), already expanded. Returns the step text and the
+    /// history `created_by` BuildKit writes, or `None` for an instruction
+    /// that is not metadata.
+    pub fn apply_meta(&mut self, inst: &Instruction) -> Result<Option<(String, String)>, String> {
+        Ok(match inst {
+            Instruction::Env(kvs) => {
+                let mut parts = Vec::new();
+                for kv in kvs {
+                    self.config.env_set(&kv.key, &kv.value);
+                    parts.push(format!("{}={}", kv.key, kv.value));
+                }
+                let t = format!("ENV {}", parts.join(" "));
+                Some((t.clone(), t))
+            }
+            Instruction::Label(kvs) => {
+                let mut parts = Vec::new();
+                for kv in kvs {
+                    self.config.labels.insert(kv.key.clone(), kv.value.clone());
+                    parts.push(format!("{}={}", kv.key, kv.value));
+                }
+                let t = format!("LABEL {}", parts.join(" "));
+                Some((t.clone(), t))
+            }
+            Instruction::Maintainer(m) => {
+                self.author = Some(m.clone());
+                let t = format!("MAINTAINER {m}");
+                Some((t.clone(), t))
+            }
+            Instruction::Expose(ports) => {
+                self.expose(ports)?;
+                let t = format!("EXPOSE {}", ports.join(" "));
+                let list: Vec<String> = self
+                    .config
+                    .exposed_ports
+                    .keys()
+                    .map(|p| format!("{p}:{{}}"))
+                    .collect();
+                Some((t, format!("EXPOSE map[{}]", list.join(" "))))
+            }
+            Instruction::Volume(v) => {
+                self.add_volumes(v);
+                let t = format!("VOLUME {}", go_plain_list(v));
+                Some((t.clone(), t))
+            }
+            Instruction::User(u) => {
+                self.config.user = u.clone();
+                let t = format!("USER {u}");
+                Some((t.clone(), t))
+            }
+            Instruction::StopSignal(s) => {
+                self.config.stop_signal = s.clone();
+                let t = format!("STOPSIGNAL {s}");
+                Some((t.clone(), t))
+            }
+            Instruction::Shell(sh) => {
+                self.config.shell = sh.clone();
+                let t = format!("SHELL {}", go_plain_list(sh));
+                Some((t.clone(), t))
+            }
+            Instruction::Onbuild(o) => {
+                self.config.on_build.push(o.expression.clone());
+                let t = format!("ONBUILD {}", o.expression);
+                Some((t.clone(), t))
+            }
+            Instruction::Cmd(c) | Instruction::Entrypoint(c) => {
+                let is_cmd = matches!(inst, Instruction::Cmd(_));
+                let args = if c.prepend_shell && !c.args.is_empty() {
+                    let mut a = self.shell();
+                    a.extend(c.args.iter().cloned());
+                    a
+                } else {
+                    c.args.clone()
+                };
+                let word = if is_cmd { "CMD" } else { "ENTRYPOINT" };
+                let created = format!("{word} {}", go_quoted_list(&args));
+                if is_cmd {
+                    self.set_cmd(args);
+                } else {
+                    self.set_entrypoint(args);
+                }
+                Some((created.clone(), created))
+            }
+            Instruction::Healthcheck(h) => {
+                let hc = match h {
+                    Healthcheck::None => ImageHealthcheck {
+                        test: vec!["NONE".into()],
+                        ..Default::default()
+                    },
+                    Healthcheck::Cmd(c) => {
+                        let ns = |d: Option<std::time::Duration>| {
+                            d.map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                        };
+                        ImageHealthcheck {
+                            test: c.test.clone(),
+                            interval: ns(c.interval),
+                            timeout: ns(c.timeout),
+                            start_period: ns(c.start_period),
+                            start_interval: ns(c.start_interval),
+                            retries: c.retries.map_or(0, i64::from),
+                        }
+                    }
+                };
+                let t = format!("HEALTHCHECK {}", go_quoted_list(&hc.test));
+                self.config.healthcheck = Some(hc);
+                Some((t.clone(), t))
+            }
+            _ => None,
+        })
     }
 
     /// CMD.

@@ -15,6 +15,7 @@
 //! println!("{}", result.manifest_digest);
 //! ```
 
+mod changes;
 mod config;
 mod error;
 mod exec;
@@ -28,6 +29,7 @@ mod result;
 mod sched;
 mod scope;
 
+pub use changes::{apply_changes, ChangeError};
 pub use error::{BuildError, ExitReason, Inner, StepLocation};
 pub use explain::{BuildRecord, Difference, FileChange, RecordedStep, StepExplain, VarChange};
 pub use graph::{BuildGraph, Edge, StepNode};

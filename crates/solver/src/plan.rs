@@ -13,12 +13,10 @@ use std::collections::BTreeMap;
 use petgraph::graphmap::DiGraphMap;
 use petgraph::visit::Dfs;
 use rbuild_cache::Digest;
-use rbuild_image::{Healthcheck as ImageHealthcheck, ImageConfig, LayerDescriptor};
-use rbuild_parser::{
-    Dockerfile, Expanded, Healthcheck, InlineSource, Instruction, Mount, MountType, Spanned,
-};
+use rbuild_image::{ImageConfig, LayerDescriptor};
+use rbuild_parser::{Dockerfile, Expanded, InlineSource, Instruction, Mount, MountType, Spanned};
 
-use crate::config::{go_plain_list, go_quoted_list, StageConfig};
+use crate::config::StageConfig;
 use crate::error::BuildError;
 use crate::progress::StepInfo;
 use crate::request::{NetworkMode, Platform};
@@ -588,107 +586,6 @@ fn plan_stage(
                 let t = format!("ARG {}", parts.join(" "));
                 (Op::Meta, t.clone(), t)
             }
-            Instruction::Env(kvs) => {
-                let mut parts = Vec::new();
-                for kv in kvs {
-                    cfg.config.env_set(&kv.key, &kv.value);
-                    parts.push(format!("{}={}", kv.key, kv.value));
-                }
-                let t = format!("ENV {}", parts.join(" "));
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::Label(kvs) => {
-                let mut parts = Vec::new();
-                for kv in kvs {
-                    cfg.config.labels.insert(kv.key.clone(), kv.value.clone());
-                    parts.push(format!("{}={}", kv.key, kv.value));
-                }
-                let t = format!("LABEL {}", parts.join(" "));
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::Maintainer(m) => {
-                cfg.author = Some(m.clone());
-                let t = format!("MAINTAINER {m}");
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::Expose(ports) => {
-                cfg.expose(ports).map_err(invalid)?;
-                let t = format!("EXPOSE {}", ports.join(" "));
-                let list: Vec<String> = cfg
-                    .config
-                    .exposed_ports
-                    .keys()
-                    .map(|p| format!("{p}:{{}}"))
-                    .collect();
-                (Op::Meta, t, format!("EXPOSE map[{}]", list.join(" ")))
-            }
-            Instruction::Volume(v) => {
-                cfg.add_volumes(v);
-                let t = format!("VOLUME {}", go_plain_list(v));
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::User(u) => {
-                cfg.config.user = u.clone();
-                let t = format!("USER {u}");
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::StopSignal(s) => {
-                cfg.config.stop_signal = s.clone();
-                let t = format!("STOPSIGNAL {s}");
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::Shell(sh) => {
-                cfg.config.shell = sh.clone();
-                let t = format!("SHELL {}", go_plain_list(sh));
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::Onbuild(o) => {
-                cfg.config.on_build.push(o.expression.clone());
-                let t = format!("ONBUILD {}", o.expression);
-                (Op::Meta, t.clone(), t)
-            }
-            Instruction::Cmd(c) | Instruction::Entrypoint(c) => {
-                let is_cmd = matches!(e.instruction, Instruction::Cmd(_));
-                let args = if c.prepend_shell && !c.args.is_empty() {
-                    let mut a = cfg.shell();
-                    a.extend(c.args.iter().cloned());
-                    a
-                } else {
-                    c.args.clone()
-                };
-                let word = if is_cmd { "CMD" } else { "ENTRYPOINT" };
-                let created = format!("{word} {}", go_quoted_list(&args));
-                if is_cmd {
-                    cfg.set_cmd(args);
-                } else {
-                    cfg.set_entrypoint(args);
-                }
-                (Op::Meta, created.clone(), created)
-            }
-            Instruction::Healthcheck(h) => {
-                let hc = match h {
-                    Healthcheck::None => ImageHealthcheck {
-                        test: vec!["NONE".into()],
-                        ..Default::default()
-                    },
-                    Healthcheck::Cmd(c) => {
-                        let ns = |d: Option<std::time::Duration>| {
-                            d.map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-                        };
-                        ImageHealthcheck {
-                            test: c.test.clone(),
-                            interval: ns(c.interval),
-                            timeout: ns(c.timeout),
-                            start_period: ns(c.start_period),
-                            start_interval: ns(c.start_interval),
-                            retries: c.retries.map_or(0, i64::from),
-                        }
-                    }
-                };
-                let t = format!("HEALTHCHECK {}", go_quoted_list(&hc.test));
-                cfg.config.healthcheck = Some(hc);
-                (Op::Meta, t.clone(), t)
-            }
             Instruction::Workdir(w) => {
                 let abs = cfg.set_workdir(w);
                 let t = format!("WORKDIR {abs}");
@@ -781,6 +678,13 @@ fn plan_stage(
                     env: scope.run_env(&cfg.config.env, build_args),
                 };
                 (Op::Run(Box::new(op)), text, created)
+            }
+            meta => {
+                let (text, created_by) = cfg
+                    .apply_meta(meta)
+                    .map_err(invalid)?
+                    .ok_or_else(|| invalid(format!("{} is not supported here", meta.name())))?;
+                (Op::Meta, text, created_by)
             }
         };
         let refs: Vec<usize> = match &op {

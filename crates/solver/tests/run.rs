@@ -39,6 +39,8 @@ fn store_with_busybox(dir: &Path) -> Option<PathBuf> {
             layer: Default::default(),
             source: tar.display().to_string(),
             created: std::time::UNIX_EPOCH,
+            message: None,
+            config: Default::default(),
         },
     )
     .unwrap();

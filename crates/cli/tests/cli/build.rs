@@ -269,3 +269,65 @@ fn import_then_from_the_imported_image() {
     assert_eq!(child_layers.len(), 2);
     assert_eq!(child_layers[0], base_layers[0]);
 }
+
+#[test]
+fn import_changes_set_the_config_a_build_inherits() {
+    if !require_root("import_changes_set_the_config_a_build_inherits") {
+        return;
+    }
+    let w = World::new();
+    w.import_busybox("plain:1");
+    let tar = w.path("busybox.tar");
+    let tar = tar.to_str().unwrap();
+    let id = w
+        .ok(&[
+            "import",
+            "-c",
+            "ENV APP=/srv/app",
+            "--change",
+            "WORKDIR $APP",
+            "-c",
+            r#"CMD ["sh", "-c", "pwd"]"#,
+            "-c",
+            "EXPOSE 8080",
+            "-m",
+            "busybox with defaults",
+            tar,
+            "based:1",
+        ])
+        .trim()
+        .to_string();
+    let img = w.inspect("based:1");
+    assert_eq!(img["Id"], id);
+    assert_eq!(img["Config"]["WorkingDir"], "/srv/app");
+    assert_eq!(img["Config"]["Cmd"], serde_json::json!(["sh", "-c", "pwd"]));
+    assert_eq!(img["Config"]["Env"], serde_json::json!(["APP=/srv/app"]));
+    assert!(
+        img["Config"]["ExposedPorts"]["8080/tcp"].is_object(),
+        "{img}"
+    );
+    assert_eq!(img["Comment"], "busybox with defaults");
+    // Same layer as a plain import: the changes touch only the config.
+    assert_eq!(img["RootFS"], w.inspect("plain:1")["RootFS"]);
+
+    // A build FROM it starts in that WORKDIR with that ENV (and Docker's
+    // PATH added, as the base has none).
+    w.dockerfile("FROM based:1\nRUN pwd > where && echo $APP >> where\n");
+    let out = w.path("out");
+    let ctx = w.ctx();
+    w.ok(&["-q", "-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert_eq!(
+        tree(&out)["srv/app/where"],
+        file(0o644, "/srv/app\n/srv/app\n")
+    );
+
+    // Build instructions are refused before anything is stored.
+    let before = store_listing(&w.root());
+    let err = w.fails(&["import", "-c", "RUN true", tar, "bad:1"]);
+    assert!(err.contains("RUN is not a valid change command"), "{err}");
+    assert_eq!(store_listing(&w.root()), before);
+    // Without a name the image is stored untagged and its ID printed.
+    let untagged = w.ok(&["import", tar]);
+    assert!(w.ok(&["images"]).contains("<none>"));
+    assert!(untagged.starts_with("sha256:"), "{untagged}");
+}
