@@ -21,7 +21,9 @@ chmod 755 "$dir/bin/busybox"
 # --list-full prints each applet's canonical path (bin/ls, usr/bin/env, sbin/ip, ...).
 "$bb" --list-full | while read -r applet; do
     [[ $applet == bin/busybox ]] && continue
-    rel=$(realpath -m --relative-to="$(dirname "/$applet")" /bin/busybox)
+    # -s: on a merged-/usr host /bin is a symlink to usr/bin, and resolving it
+    # would make usr/bin/awk point at a "busybox" beside it that the image lacks.
+    rel=$(realpath -m -s --relative-to="$(dirname "/$applet")" /bin/busybox)
     ln -sf "$rel" "$dir/$applet"
 done
 cat > "$dir/etc/passwd" <<'PASSWD'

@@ -39,10 +39,27 @@ pub fn run(args: &BuildArgs, root: &Path) -> Result<()> {
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
         .collect::<Result<Vec<_>>>()?;
+    // `--push` pushes every -t name; `-o type=image,push=true` its own
+    // names, or the -t names when it has none (as buildx does).
+    let mut push: Vec<Reference> = if args.push { names.clone() } else { Vec::new() };
     for o in outputs.iter().filter(|o| o.kind == OutputKind::Image) {
+        let mut own = Vec::new();
         for n in &o.names {
-            names.push(Reference::parse(n).map_err(|e| anyhow!("invalid output name {n:?}: {e}"))?);
+            own.push(Reference::parse(n).map_err(|e| anyhow!("invalid output name {n:?}: {e}"))?);
         }
+        if o.push {
+            push.extend(if own.is_empty() {
+                names.clone()
+            } else {
+                own.clone()
+            });
+        }
+        names.extend(own);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    push.retain(|r| seen.insert(r.to_string()));
+    if (args.push || outputs.iter().any(|o| o.push)) && push.is_empty() {
+        bail!("--push needs an image name: add -t NAME or -o type=image,name=NAME,push=true");
     }
     let (request, dockerfile_name, dockerfile_text) =
         request_from_args(args, root, &|k| std::env::var(k).ok())?;
@@ -76,6 +93,16 @@ pub fn run(args: &BuildArgs, root: &Path) -> Result<()> {
     for o in &outputs {
         if let Some(what) = export::write_output(&store, &result, o, &names)? {
             progress.export_line(&what);
+        }
+    }
+    if !push.is_empty() {
+        for line in crate::registry::push_built(
+            &store,
+            &result.manifest_digest,
+            &push,
+            &args.insecure_registries,
+        )? {
+            progress.export_line(&line);
         }
     }
     if let Some(path) = &args.iidfile {
@@ -216,6 +243,18 @@ fn request_from_args(
     };
     req.source_date_epoch = source_date_epoch(&req.build_args, env)?;
     req.explain = args.explain.is_some();
+    req.pull = args.pull;
+    req.insecure_registries = args.insecure_registries.clone();
+    req.cache_to = args
+        .cache_to
+        .iter()
+        .map(|c| crate::registry::parse_cache_to(c))
+        .collect::<Result<_>>()?;
+    req.cache_from = args
+        .cache_from
+        .iter()
+        .map(|c| crate::registry::parse_cache_from(c))
+        .collect::<Result<_>>()?;
     Ok((req, name, stdin_text))
 }
 

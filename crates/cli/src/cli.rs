@@ -143,6 +143,22 @@ pub struct BuildArgs {
     #[arg(long, value_enum)]
     pub snapshotter: Option<SnapshotterChoice>,
 
+    /// Push the image to its registry under every -t name (same as -o type=image,push=true)
+    #[arg(long)]
+    pub push: bool,
+
+    /// Export the step cache: type=registry,ref=REF[,mode=min|max] or type=local,dest=DIR[,mode=..]; repeatable
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+
+    /// Import a step cache: type=registry,ref=REF or type=local,src=DIR; repeatable
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+
+    /// Allow plain HTTP to this registry (host[:port]); repeatable. Loopback registries always may
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+
     /// The build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

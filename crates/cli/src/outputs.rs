@@ -44,6 +44,8 @@ pub struct OutputSpec {
     /// for the annotations and RepoTags of archive outputs and as tags for
     /// `type=image`.
     pub names: Vec<String>,
+    /// `push=true` (type=image only): push the image under its names.
+    pub push: bool,
 }
 
 /// Attributes BuildKit's exporters accept that rbuild reads elsewhere or that
@@ -56,7 +58,6 @@ const ACCEPTED_IGNORED: &[&str] = &[
     "compression-level",
     "store",
     "unpack",
-    "push",
     "platform-split",
 ];
 
@@ -68,6 +69,7 @@ impl OutputSpec {
                 kind: OutputKind::Tar,
                 dest: Some(Dest::Stdout),
                 names: Vec::new(),
+                push: false,
             });
         }
         let fields = split_csv(value)?;
@@ -76,12 +78,14 @@ impl OutputSpec {
                 kind: OutputKind::Local,
                 dest: Some(Dest::Path(PathBuf::from(&fields[0]))),
                 names: Vec::new(),
+                push: false,
             });
         }
         let mut kind_name = None;
         let mut dest = None;
         let mut tar = None;
         let mut names = Vec::new();
+        let mut push = false;
         for field in &fields {
             let (key, val) = field
                 .split_once('=')
@@ -102,6 +106,11 @@ impl OutputSpec {
                     )
                     })?)
                 }
+                "push" => push = parse_bool(val).ok_or_else(|| {
+                    anyhow!(
+                        "invalid value {val:?} for output attribute push: expected true or false"
+                    )
+                })?,
                 "name" => names.extend(
                     val.split(',')
                         .map(str::trim)
@@ -129,6 +138,9 @@ impl OutputSpec {
         if tar.is_some() && !matches!(kind, OutputKind::Oci { .. }) {
             bail!("output attribute tar= applies only to type=oci");
         }
+        if push && kind != OutputKind::Image {
+            bail!("output attribute push= applies only to type=image");
+        }
         match (&kind, &dest) {
             (OutputKind::Image, Some(_)) => bail!("type=image takes no dest="),
             (OutputKind::Image, None) => {}
@@ -141,7 +153,12 @@ impl OutputSpec {
             }
             _ => {}
         }
-        Ok(OutputSpec { kind, dest, names })
+        Ok(OutputSpec {
+            kind,
+            dest,
+            names,
+            push,
+        })
     }
 }
 
@@ -156,7 +173,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 /// Splits one CSV record the way Go's `encoding/csv` (which BuildKit uses)
 /// does for a single line: commas separate fields, a field may be wrapped in
 /// double quotes to hold commas, and `""` inside quotes is one quote.
-fn split_csv(line: &str) -> Result<Vec<String>> {
+pub(crate) fn split_csv(line: &str) -> Result<Vec<String>> {
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut chars = line.chars().peekable();
@@ -241,6 +258,12 @@ mod tests {
             (o.kind, o.dest, o.names),
             (OutputKind::Image, None, vec!["x:1".to_string()])
         );
+        assert!(!o.push);
+        let o = OutputSpec::parse(r#"type=image,"name=r/x:1,r/x:2",push=true"#).unwrap();
+        assert!(o.push);
+        assert_eq!(o.names, vec!["r/x:1", "r/x:2"]);
+        assert!(OutputSpec::parse("type=oci,dest=x,push=true").is_err());
+        assert!(OutputSpec::parse("type=image,push=maybe").is_err());
     }
 
     #[test]

@@ -1,66 +1,15 @@
 //! End-to-end `rbuild login`, `push`, `pull` and `logout` against a real
 //! `docker-registry` on 127.0.0.1 with htpasswd auth, checked with skopeo.
 
+mod registry_support;
+
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use std::io::Write;
-
-const USER: &str = "e2e";
-const PASSWORD: &str = "e2e-secret";
-
-/// A registry started by testdata/registry/start.sh; killed on drop.
-struct Registry {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/registry/start.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(dir.path())
-            .args(["--user", USER, "--password", PASSWORD])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        Registry { dir, port }
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Ok(pid) = fs::read_to_string(self.dir.path().join("registry.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-    }
-}
-
-fn available() -> bool {
-    let ok = Path::new("/usr/bin/docker-registry").exists()
-        && Command::new("skopeo").arg("--version").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "docker-registry and skopeo are required in CI"
-        );
-        eprintln!("skipping: docker-registry or skopeo not installed");
-    }
-    ok
-}
+use registry_support::{available, sha256, Registry, PASSWORD, USER};
 
 fn rbuild(docker_config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
@@ -185,20 +134,7 @@ fn login_push_inspect_pull_logout() {
         .output()
         .unwrap();
     assert!(raw.status.success(), "{}", text(&raw.stderr));
-    let sha = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sha.stdin.as_ref().unwrap().write_all(&raw.stdout).unwrap();
-    let sum = sha.wait_with_output().unwrap();
-    assert_eq!(
-        format!(
-            "sha256:{}",
-            text(&sum.stdout).split_whitespace().next().unwrap()
-        ),
-        digest
-    );
+    assert_eq!(sha256(&raw.stdout), digest);
 
     // A second, empty store pulls it back under the same digest.
     let out = rbuild(

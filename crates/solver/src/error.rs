@@ -126,6 +126,25 @@ pub enum BuildError {
         /// The image reference as written after expansion.
         image: String,
     },
+    /// The base image of a FROM (or an image named by `--from`) could not
+    /// be pulled from its registry.
+    #[error("Dockerfile line {line}: pulling base image {image:?}: {source}")]
+    Pull {
+        /// 1-based line.
+        line: usize,
+        /// The image reference as written after expansion.
+        image: String,
+        /// The registry error (names the registry).
+        source: Inner,
+    },
+    /// Exporting the step cache (`--cache-to`) failed.
+    #[error("exporting cache to {destination}: {source}")]
+    CacheExport {
+        /// The destination as given (`type=registry,ref=...`).
+        destination: String,
+        /// What went wrong.
+        source: Inner,
+    },
     /// A COPY/ADD source is missing or outside the context.
     #[error("{step}: {source}")]
     CopySource {
@@ -183,7 +202,8 @@ impl BuildError {
             | BuildError::Expansion { line, .. }
             | BuildError::UnknownFrom { line, .. }
             | BuildError::Circular { line, .. }
-            | BuildError::BaseImageNotFound { line, .. } => Some(*line),
+            | BuildError::BaseImageNotFound { line, .. }
+            | BuildError::Pull { line, .. } => Some(*line),
             _ => self.step().map(|s| s.line).filter(|l| *l > 0),
         }
     }

@@ -433,6 +433,13 @@ impl Runner<'_> {
             NetworkMode::Host => Network::Host,
         };
         spec.secrets = self.secrets.clone();
+        if let Some((target, body)) = &r.script {
+            spec.mounts.push(SandboxMount::File {
+                target: target.clone(),
+                contents: body.clone().into_bytes(),
+                mode: 0o755,
+            });
+        }
         // Views must outlive the run: they are the bind sources.
         let mut views = Vec::new();
         for m in &r.mounts {

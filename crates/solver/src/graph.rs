@@ -268,7 +268,11 @@ pub fn build_graph(
             let (srcs, from_edges) = step_sources(step, &stage_nodes, &graph, sources)?;
             let inputs = KeyInputs {
                 parent,
-                platform: platform.to_string(),
+                // A stage's own `FROM --platform` wins over the build's.
+                platform: sp
+                    .platform
+                    .as_ref()
+                    .map_or_else(|| platform.to_string(), ToString::to_string),
                 instruction: step.info.instruction.clone(),
                 args: step.args.clone(),
                 env: rbuild_parser::env_from_pairs(&step.before.config.env),

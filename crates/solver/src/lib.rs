@@ -24,6 +24,8 @@ mod graph;
 mod key;
 mod plan;
 mod progress;
+mod pull;
+mod remote_cache;
 mod request;
 mod result;
 mod sched;
@@ -35,6 +37,7 @@ pub use explain::{BuildRecord, Difference, FileChange, RecordedStep, StepExplain
 pub use graph::{BuildGraph, Edge, StepNode};
 pub use key::{FileInput, KeyInputs, ParentInput, SourceInput};
 pub use progress::{NoProgress, ProgressEvent, ProgressSink, StepInfo};
+pub use remote_cache::{CacheExport, CacheLocation, CacheMode, CACHE_CONFIG_MEDIA_TYPE};
 pub use request::{
     BuildRequest, CompressionChoice, DockerfileSource, NetworkMode, Platform, SecretSource,
     SnapshotterChoice,
@@ -82,6 +85,15 @@ struct Prepared {
     graph: BuildGraph,
     sources: exec::ContextSources,
     identity: String,
+    imported: remote_cache::ImportedCache,
+}
+
+/// Registry settings for base image pulls and registry caches.
+fn registry_options(request: &BuildRequest) -> rbuild_image::registry::ClientOptions {
+    rbuild_image::registry::ClientOptions {
+        insecure_registries: request.insecure_registries.clone(),
+        ..Default::default()
+    }
 }
 
 fn store_err(e: impl Into<Inner>) -> BuildError {
@@ -129,17 +141,14 @@ fn prepare(request: &BuildRequest) -> Result<Prepared, BuildError> {
         })?;
     let store = rbuild_image::Store::open(&request.root).map_err(store_err)?;
     let cache = rbuild_cache::CacheIndex::open(&request.root).map_err(store_err)?;
-    let resolve = |image: &str| -> Result<Option<plan::BaseImage>, BuildError> {
-        // The one place a registry pull would go when an image is missing.
-        let found = store.resolve(image).map_err(store_err)?;
-        Ok(found.map(|img| plan::BaseImage {
-            name: image.to_string(),
-            manifest_digest: img.manifest_digest,
-            layers: img.layers(),
-            config: img.config,
-        }))
+    let bases = pull::BaseImages {
+        store: &store,
+        always_pull: request.pull,
+        options: registry_options(request),
     };
-    let p = plan::plan(
+    let resolve =
+        |image: &str, platform: &Platform, line: usize| bases.resolve(image, platform, line);
+    let mut p = plan::plan(
         &df,
         &plan::PlanInput {
             build_args: &request.build_args,
@@ -170,6 +179,12 @@ fn prepare(request: &BuildRequest) -> Result<Prepared, BuildError> {
     // Hashing may have learnt new file digests: keep them for next time.
     sources.stat_cache.save().map_err(store_err)?;
     let identity = format!("{name}\0{}", abs_context.display());
+    let imported = remote_cache::ImportedCache::load(
+        &request.cache_from,
+        &registry_options(request),
+        store.blobs(),
+        &mut p.warnings,
+    );
     Ok(Prepared {
         store,
         cache,
@@ -177,6 +192,7 @@ fn prepare(request: &BuildRequest) -> Result<Prepared, BuildError> {
         graph,
         sources,
         identity,
+        imported,
     })
 }
 
@@ -233,6 +249,7 @@ fn run(
         graph: &p.graph,
         sources: &p.sources,
         cache: &p.cache,
+        imported: &p.imported,
         blobs: p.store.blobs(),
         snapshotter: &snapshotter,
         layer_options: layer_options(request),
@@ -274,14 +291,18 @@ fn run(
         .steps
         .last()
         .expect("a stage has its FROM step");
+    let platform = p.plan.stages[p.plan.target]
+        .platform
+        .as_ref()
+        .unwrap_or(&request.platform);
     let mut config = rbuild_image::ImageConfig {
         created: created
             .clone()
             .or_else(|| target.history.last().and_then(|h| h.created.clone())),
         author: last.after.author.clone(),
-        architecture: request.platform.architecture.clone(),
-        variant: (!request.platform.variant.is_empty()).then(|| request.platform.variant.clone()),
-        os: request.platform.os.clone(),
+        architecture: platform.architecture.clone(),
+        variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
+        os: platform.os.clone(),
         config: last.after.config.clone(),
         history: target.history.clone(),
         ..Default::default()
@@ -290,6 +311,11 @@ fn run(
     for (k, v) in &request.labels {
         config.config.labels.insert(k.clone(), v.clone());
     }
+    // Layers that came from an imported cache are fetched now, if no step
+    // needed them earlier.
+    p.imported
+        .ensure_layers(p.store.blobs(), &target.layers)
+        .map_err(store_err)?;
     let image = p
         .store
         .put_image(&config, &target.layers)
@@ -301,6 +327,20 @@ fn run(
         manifest: &image.manifest_digest,
         config: &image.config_digest,
     });
+    for export in &request.cache_to {
+        let records = remote_cache::records_for(export.mode, &p.plan, &p.graph, &p.cache);
+        remote_cache::export(
+            export,
+            &records,
+            p.store.blobs(),
+            &p.imported,
+            &registry_options(request),
+        )
+        .map_err(|source| BuildError::CacheExport {
+            destination: export.location.to_string(),
+            source,
+        })?;
+    }
 
     // Remember this build's key inputs for the next `--explain`.
     let mut reports = Vec::new();

@@ -109,6 +109,10 @@ pub struct RunOp {
     pub network: NetworkMode,
     /// The environment: ENV, then in-scope ARGs, then proxy args.
     pub env: Vec<String>,
+    /// A heredoc script run by its own interpreter (`RUN <<EOF` whose body
+    /// starts with `#!`): its path in the sandbox (`/dev/pipes/<name>`,
+    /// as BuildKit mounts it) and its content, mounted read-only, mode 0755.
+    pub script: Option<(String, String)>,
 }
 
 /// What executing a step does.
@@ -633,7 +637,7 @@ fn plan_stage(
                 (Op::Copy(Box::new(op)), t.clone(), format!("{t} # buildkit"))
             }
             Instruction::Run(r) => {
-                let args = run_args(r, &cfg);
+                let (args, script) = run_args(r, &cfg);
                 let mut mounts = Vec::new();
                 for m in &e.mounts {
                     let from = match (&m.from, m.kind) {
@@ -662,6 +666,12 @@ fn plan_stage(
                 }
                 text.push(' ');
                 text.push_str(&args.join(" "));
+                // The argv only names a script file: its body must be in
+                // the key (and the display) as an inline body is.
+                if let Some((_, body)) = &script {
+                    text.push('\n');
+                    text.push_str(body);
+                }
                 let in_scope = scope.args();
                 let prefix = if in_scope.is_empty() {
                     String::new()
@@ -676,6 +686,7 @@ fn plan_stage(
                     mounts,
                     network,
                     env: scope.run_env(&cfg.config.env, build_args),
+                    script,
                 };
                 (Op::Run(Box::new(op)), text, created)
             }
@@ -732,14 +743,21 @@ fn network_name(n: rbuild_parser::NetworkMode) -> &'static str {
     }
 }
 
-/// The argv of a RUN: exec form as is; shell form through the stage's
-/// SHELL, with heredoc bodies appended so the shell reads them itself
-/// (`RUN <<EOF` alone runs the body as the script).
-fn run_args(r: &rbuild_parser::Run, cfg: &StageConfig) -> Vec<String> {
+/// Where BuildKit mounts a heredoc script that has its own interpreter.
+const HEREDOC_SCRIPT_DIR: &str = "/dev/pipes";
+
+/// The argv of a RUN, and the script file it needs: exec form as is; shell
+/// form through the stage's SHELL, with heredoc bodies appended so the
+/// shell reads them itself. `RUN <<EOF` alone runs the body as the script;
+/// a body starting with `#!` is instead mounted as an executable file that
+/// the shell runs, so the kernel starts the interpreter the body names,
+/// as BuildKit's `dispatchRun` does.
+fn run_args(r: &rbuild_parser::Run, cfg: &StageConfig) -> (Vec<String>, Option<(String, String)>) {
     if !r.command.prepend_shell {
-        return r.command.args.clone();
+        return (r.command.args.clone(), None);
     }
     let line = r.command.args.join(" ");
+    let mut file = None;
     let script = match r.heredocs.as_slice() {
         [] => line,
         [h] if line.trim() == format!("<<{}", h.name)
@@ -747,7 +765,14 @@ fn run_args(r: &rbuild_parser::Run, cfg: &StageConfig) -> Vec<String> {
             || line.trim() == format!("<<\"{}\"", h.name)
             || line.trim() == format!("<<'{}'", h.name) =>
         {
-            h.data()
+            let body = h.data();
+            if body.starts_with("#!") {
+                let path = format!("{HEREDOC_SCRIPT_DIR}/{}", h.name);
+                file = Some((path.clone(), body));
+                path
+            } else {
+                body
+            }
         }
         docs => {
             let mut s = line;
@@ -762,7 +787,7 @@ fn run_args(r: &rbuild_parser::Run, cfg: &StageConfig) -> Vec<String> {
     };
     let mut args = cfg.shell();
     args.push(script);
-    args
+    (args, file)
 }
 
 /// The display and key text of a COPY/ADD: flags then sources and dest.

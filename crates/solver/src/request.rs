@@ -171,6 +171,17 @@ pub struct BuildRequest {
     /// the first difference from the previous build of this Dockerfile and
     /// target). Build records for the comparison are always written.
     pub explain: bool,
+    /// `--pull`: resolve every base image in its registry even when the
+    /// store has an image of that name.
+    pub pull: bool,
+    /// `--insecure-registry HOST`: registries besides loopback ones that may
+    /// be reached over plain HTTP (base image pulls and registry caches).
+    pub insecure_registries: Vec<String>,
+    /// `--cache-from`: step caches to consult when the local cache misses;
+    /// their layers are fetched only when a step or the export needs them.
+    pub cache_from: Vec<crate::remote_cache::CacheLocation>,
+    /// `--cache-to`: where to export this build's step cache.
+    pub cache_to: Vec<crate::remote_cache::CacheExport>,
 }
 
 impl BuildRequest {
@@ -196,6 +207,10 @@ impl BuildRequest {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             source_date_epoch: None,
             explain: false,
+            pull: false,
+            insecure_registries: Vec::new(),
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
         }
     }
 }

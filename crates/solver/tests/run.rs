@@ -128,6 +128,62 @@ EOF
         .starts_with("RUN |1 WHO=world /bin/sh -c echo"));
 }
 
+/// A heredoc body starting with `#!` runs under the interpreter it names
+/// (here awk, whose program is a syntax error for sh), from a read-only
+/// file at `/dev/pipes/<name>` that never reaches the layer; its body is
+/// part of the step's key.
+#[test]
+fn heredoc_with_shebang_runs_its_own_interpreter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let text = |word: &str| {
+        format!(
+            "FROM busybox:test
+RUN <<PROG
+#!/usr/bin/awk -f
+BEGIN {{ print \"{word}\" > \"/awk.txt\" }}
+PROG
+RUN <<-EOF
+\t#!/bin/busybox sh
+\techo \"$0\" > /zero.txt
+\tls -l /dev/pipes/EOF > /mode.txt
+\ttouch /dev/pipes/EOF 2> /ro.txt || echo read-only >> /ro.txt
+\tEOF
+RUN <<EOF
+test -e /dev/pipes || echo plain > /plain.txt
+EOF
+"
+        )
+    };
+    let r = build(&request(tmp.path(), &root, &text("from awk")), &NoProgress).unwrap();
+    let read = |p: &str| read_file(&root, &r.manifest_digest, p);
+    assert_eq!(read("/awk.txt"), "from awk\n");
+    // `<<-` strips the tabs, so the shebang is the first line.
+    assert_eq!(read("/zero.txt"), "/dev/pipes/EOF\n");
+    assert!(read("/mode.txt").starts_with("-rwxr-xr-x"), "{}", read("/mode.txt"));
+    assert!(read("/ro.txt").ends_with("read-only\n"), "{}", read("/ro.txt"));
+    // Without a shebang the body is the shell's script.
+    assert_eq!(read("/plain.txt"), "plain\n");
+    let store = rbuild_image::Store::open(&root).unwrap();
+    let image = store.image(&r.manifest_digest).unwrap();
+    let snap = rbuild_executor::snapshot::Snapshotter::new(
+        &root,
+        store.blobs().clone(),
+        rbuild_executor::snapshot::SnapshotterKind::detect(&root),
+    )
+    .unwrap();
+    let view = snap.view(&image.layers()).unwrap();
+    assert!(!view.path().join("dev/pipes").exists(), "the script leaked into a layer");
+
+    let again = build(&request(tmp.path(), &root, &text("changed")), &NoProgress).unwrap();
+    assert_eq!(
+        read_file(&root, &again.manifest_digest, "/awk.txt"),
+        "changed\n"
+    );
+}
+
 #[test]
 fn failing_run_reports_exit_code_and_output() {
     let tmp = tempfile::tempdir().unwrap();

@@ -617,7 +617,13 @@ impl MountPoints {
     }
 
     /// The host path of mount target `target`, created when missing.
+    /// Targets under /dev are not created here: /dev is a fresh tmpfs in
+    /// the sandbox, so the setup makes them there, where they cannot reach
+    /// the layer (BuildKit puts heredoc scripts under /dev/pipes).
     fn ensure(&mut self, target: &str, kind: Kind) -> Result<PathBuf> {
+        if target.starts_with("/dev/") {
+            return Ok(self.rootfs.join(target.trim_start_matches('/')));
+        }
         let host = resolve(&self.rootfs, target)?;
         match fs::symlink_metadata(&host) {
             Ok(md) => {

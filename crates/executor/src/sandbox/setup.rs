@@ -197,6 +197,9 @@ pub(crate) fn setup(sys: &dyn Syscall, plan: &Plan) -> Result<(), SetupError> {
         bind(sys, source, target, false)?;
     }
     for m in &plan.mounts {
+        if let Ok(rel) = m.target().strip_prefix(&plan.dev_dir) {
+            make_dev_mount_point(sys, &plan.dev_dir, rel, m)?;
+        }
         match m {
             PlannedMount::Bind {
                 source,
@@ -306,6 +309,36 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), SetupError> {
     ] {
         let l = dev.join(link);
         at("symlink", &l, sys.symlink(Path::new(target), &l))?;
+    }
+    Ok(())
+}
+
+/// Creates the mount point of `m`, at `rel` under the sandbox's /dev
+/// tmpfs, with its missing parents: the tmpfs hides whatever the rootfs
+/// had there, and what is made in it never reaches the layer.
+fn make_dev_mount_point(
+    sys: &dyn Syscall,
+    dev: &Path,
+    rel: &Path,
+    m: &PlannedMount,
+) -> Result<(), SetupError> {
+    let mut p = dev.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        p.push(c);
+        if sys.is_dir(&p).is_some() {
+            continue;
+        }
+        let last = i + 1 == parts.len();
+        let dir = match m {
+            PlannedMount::Bind { source, .. } if last => sys.is_dir(source) == Some(true),
+            _ => true,
+        };
+        if dir {
+            at("mkdir", &p, sys.mkdir(&p, 0o755))?;
+        } else {
+            at("create", &p, sys.create_file(&p, 0o644))?;
+        }
     }
     Ok(())
 }
@@ -431,6 +464,38 @@ mod tests {
             .any(|c| c.starts_with("mount devpts /s/root/dev/pts devpts")
                 && c.contains("newinstance")));
         assert!(calls.contains(&"symlink /s/root/dev/ptmx -> pts/ptmx".to_string()));
+    }
+
+    #[test]
+    fn mount_points_under_dev_are_made_in_its_tmpfs() {
+        let mut sys = Recorder::default();
+        let script = PathBuf::from("/t/script");
+        sys.files.insert(script.clone());
+        let mut p = plan();
+        p.mounts.push(PlannedMount::Bind {
+            source: script,
+            target: PathBuf::from("/s/root/dev/pipes/EOF"),
+            readonly: true,
+        });
+        setup(&sys, &p).expect("recorded setup succeeds");
+        let calls = sys.calls.borrow();
+        let at = |c: &str| {
+            calls
+                .iter()
+                .position(|x| x.starts_with(c))
+                .unwrap_or_else(|| panic!("no {c} in {calls:#?}"))
+        };
+        let dev = at("mount tmpfs /s/root/dev tmpfs");
+        let dir = at("mkdir /s/root/dev/pipes 755");
+        let file = at("create /s/root/dev/pipes/EOF 644");
+        let bind = at("mount /t/script /s/root/dev/pipes/EOF - MS_BIND | MS_REC");
+        assert!(dev < dir && dir < file && file < bind, "{calls:#?}");
+        assert_eq!(
+            calls[bind + 1],
+            "mount - /s/root/dev/pipes/EOF - MS_RDONLY | MS_REMOUNT | MS_BIND -"
+        );
+        // Mounts elsewhere get no mount point from the setup.
+        assert!(!calls.iter().any(|c| c.starts_with("mkdir /s/root/src")));
     }
 
     #[test]

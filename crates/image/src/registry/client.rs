@@ -303,7 +303,27 @@ impl RegistryClient {
             status: 0,
             message: format!("cannot build request: {e}"),
         })?;
-        result.map_err(|e| self.transport(what, e))
+        result.map_err(|e| {
+            // A name that does not resolve will not resolve on a retry a
+            // second later: fail at once rather than after the backoff.
+            // std reports getaddrinfo failures as I/O errors with this text.
+            let unresolved = match &e {
+                ureq::Error::HostNotFound => true,
+                ureq::Error::Io(io) => io
+                    .to_string()
+                    .starts_with("failed to lookup address information"),
+                _ => false,
+            };
+            if unresolved {
+                Error::UnknownHost {
+                    registry: self.registry.clone(),
+                    url: url.to_string(),
+                    message: e.to_string(),
+                }
+            } else {
+                self.transport(what, e)
+            }
+        })
     }
 
     /// Answers a challenge by updating the `Authorization` header to send.

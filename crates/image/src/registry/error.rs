@@ -21,6 +21,16 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// The registry's host name does not resolve (not retried).
+    #[error("registry {registry}: host not found (requesting {url}): {message}")]
+    UnknownHost {
+        /// The registry host.
+        registry: String,
+        /// The URL that was requested.
+        url: String,
+        /// The resolver's error.
+        message: String,
+    },
     /// The registry refused the credentials, or wants some and none are
     /// configured.
     #[error("registry {registry}: unauthorized: {message}")]

@@ -26,7 +26,9 @@ pub use client::{ClientOptions, RegistryClient, RetryPolicy};
 pub use credentials::DockerConfig;
 pub use error::{Error, Result};
 pub use platform::Platform;
-pub use pull::{pull_content, PulledContent};
+pub use pull::{
+    fetch_blob_to_store, fetch_image_manifest, pull_content, PulledContent, RemoteManifest,
+};
 pub use push::{push_content, PushReport};
 
 use crate::{Image, Reference, Store};

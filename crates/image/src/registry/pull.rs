@@ -114,6 +114,63 @@ pub fn pull_content(
     })
 }
 
+/// A manifest read from a registry on its own, bytes verbatim: what a
+/// caller that fetches blobs lazily (the build cache import) starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteManifest {
+    /// The digest of `bytes`.
+    pub digest: Digest,
+    /// Its media type (from `Content-Type`, else the document).
+    pub media_type: String,
+    /// The manifest itself.
+    pub bytes: Vec<u8>,
+}
+
+/// Reads the image manifest `reference` (tag or digest) of `repository`
+/// without fetching any blob; an index is refused, since a lazy reader wants
+/// one manifest's blobs.
+pub fn fetch_image_manifest(
+    client: &RegistryClient,
+    repository: &str,
+    reference: &str,
+) -> Result<RemoteManifest> {
+    client.add_scope(format!("repository:{repository}:pull"));
+    let expected = reference.parse::<Digest>().ok();
+    let fetched = fetch_manifest(client, repository, reference, expected)?;
+    if fetched.kind != Kind::Manifest {
+        return Err(Error::Manifest {
+            registry: client.registry().to_string(),
+            reference: format!("{repository}:{reference}"),
+            message: "expected an image manifest, found an index".into(),
+        });
+    }
+    Ok(RemoteManifest {
+        digest: fetched.digest,
+        media_type: fetched.media_type,
+        bytes: fetched.bytes,
+    })
+}
+
+/// Fetches one blob of `repository` into `blobs` unless it is already
+/// there, verified against `digest` and `size` while it streams. Returns
+/// whether it was downloaded.
+pub fn fetch_blob_to_store(
+    client: &RegistryClient,
+    blobs: &BlobStore,
+    repository: &str,
+    digest: &Digest,
+    size: u64,
+) -> Result<bool> {
+    client.add_scope(format!("repository:{repository}:pull"));
+    let desc = Descriptor {
+        media_type: String::new(),
+        digest: *digest,
+        size,
+        platform: None,
+    };
+    Ok(fetch_blobs(client, blobs, repository, std::slice::from_ref(&desc))? > 0)
+}
+
 /// Fetches a manifest or index by tag or digest. The bytes are checked
 /// against `expected` (pulls by digest) and against the registry's
 /// `Docker-Content-Digest` header when it sends one.

@@ -1,0 +1,350 @@
+//! End-to-end builds against a real `docker-registry` with htpasswd auth:
+//! FROM an image pushed by rbuild and read back by skopeo, `--push` and
+//! `-o type=image,push=true`, a step cache shared between two stores
+//! through the registry and through an OCI layout directory, and a wrong
+//! password.
+
+mod registry_support;
+#[allow(dead_code)]
+#[path = "cli/support.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use registry_support::{available, docker_config, sha256, Registry, PASSWORD, USER};
+use serde_json::Value;
+use support::{require_root, run, run_fails, run_ok, tool, umoci_unpack, World};
+
+/// `rbuild --root ROOT ARGS` with the test's docker config.
+fn rbuild(w: &World, root: &Path, cfg: &Path, args: &[&str]) -> Command {
+    let mut c = w.cmd_root(root, args);
+    c.env("DOCKER_CONFIG", cfg);
+    c
+}
+
+/// `skopeo inspect --raw` of `docker://NAME` with the registry's user.
+fn skopeo_raw(name: &str) -> Vec<u8> {
+    let creds = format!("{USER}:{PASSWORD}");
+    let out = run({
+        let mut c = Command::new("skopeo");
+        c.args(["inspect", "--raw", "--tls-verify=false", "--creds", &creds])
+            .arg(format!("docker://{name}"));
+        c
+    });
+    assert!(
+        out.status.success(),
+        "skopeo inspect {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A registry with the busybox base pushed by rbuild as
+/// `HOST/base/busybox:1`, and a docker config that logs in to it.
+struct Setup {
+    reg: Registry,
+    w: World,
+    cfg: std::path::PathBuf,
+    base: String,
+}
+
+fn setup() -> Setup {
+    let reg = Registry::start();
+    let w = World::new();
+    let cfg = w.path("docker");
+    docker_config(&cfg, &reg.host(), USER, PASSWORD);
+    let base = format!("{}/base/busybox:1", reg.host());
+    w.import_busybox(&base);
+    let pushed = run_ok(rbuild(&w, &w.root(), &cfg, &["push", "-q", &base]));
+    // skopeo reads exactly what was pushed.
+    assert_eq!(sha256(&skopeo_raw(&base)), pushed.trim());
+    Setup { reg, w, cfg, base }
+}
+
+#[test]
+fn build_from_a_registry_image_in_a_fresh_store() {
+    if !available() || !require_root("build_from_a_registry_image_in_a_fresh_store") {
+        return;
+    }
+    let Setup { reg, w, cfg, base } = setup();
+    w.write("a.txt", "from the context\n");
+    w.dockerfile(&format!(
+        "FROM {base}\nRUN echo built > /built && test -x /bin/busybox\nCOPY a.txt /a.txt\n"
+    ));
+    let fresh = w.path("fresh");
+    let oci = w.path("oci");
+    let ctx = w.ctx();
+    run_ok(rbuild(
+        &w,
+        &fresh,
+        &cfg,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=oci,dest={},tar=false,name=app:1", oci.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let rootfs = umoci_unpack(&oci, "1", &w.path("bundle"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("built")).unwrap(),
+        "built\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("a.txt")).unwrap(),
+        "from the context\n"
+    );
+    assert!(rootfs.join("bin/busybox").is_file());
+    // The base was pulled into the fresh store under its name, with the
+    // registry's manifest digest.
+    let digest = sha256(&skopeo_raw(&base));
+    let index = std::fs::read_to_string(fresh.join("index.json")).unwrap();
+    assert!(index.contains(&base) && index.contains(&digest), "{index}");
+
+    // Without credentials the registry refuses, and the error names the
+    // image, its line and the registry.
+    let anon = w.path("anon");
+    std::fs::create_dir_all(&anon).unwrap();
+    let err = run_fails(rbuild(
+        &w,
+        &w.path("fresh2"),
+        &anon,
+        &["build", "-q", ctx.to_str().unwrap()],
+    ));
+    assert!(err.contains(&base), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+    assert!(
+        err.contains(&reg.host()) && err.contains("unauthorized"),
+        "{err}"
+    );
+}
+
+/// The ids of step headers and of CACHED lines in plain progress output.
+fn steps_and_cached(progress: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut steps = BTreeSet::new();
+    let mut cached = BTreeSet::new();
+    for line in progress.lines() {
+        let Some((id, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        if !id.starts_with('#') {
+            continue;
+        }
+        if rest.starts_with('[') {
+            steps.insert(id.to_string());
+        } else if rest == "CACHED" {
+            cached.insert(id.to_string());
+        }
+    }
+    (steps, cached)
+}
+
+/// Builds with plain progress; returns (image ID, progress output).
+fn build_plain(w: &World, root: &Path, cfg: &Path, extra: &[&str]) -> (String, String) {
+    let iid = root.with_extension("iid");
+    let ctx = w.ctx();
+    let mut args = vec![
+        "build",
+        "--progress",
+        "plain",
+        "--iidfile",
+        iid.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    let out = run(rbuild(w, root, cfg, &args));
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "build failed:\n{progress}");
+    (std::fs::read_to_string(&iid).unwrap(), progress)
+}
+
+#[test]
+fn a_second_store_builds_entirely_from_an_exported_cache() {
+    if !available() || !require_root("a_second_store_builds_entirely_from_an_exported_cache") {
+        return;
+    }
+    let Setup { reg, w, cfg, base } = setup();
+    w.write("a.txt", "input\n");
+    // The random stamps make every RUN's output unique: a step that ran again
+    // could not give the same image.
+    w.dockerfile(&format!(
+        "FROM {base} AS build\n\
+         RUN echo one > /one && cat /proc/sys/kernel/random/uuid > /stamp1\n\
+         COPY a.txt /a.txt\n\
+         RUN cat /a.txt /stamp1 /proc/sys/kernel/random/uuid > /two\n\
+         FROM {base}\n\
+         COPY --from=build /two /copied/two\n\
+         RUN cat /proc/sys/kernel/random/uuid > /final\n\
+         ENV DONE=1\n"
+    ));
+    let cache_ref = format!("{}/cache/app:buildcache", reg.host());
+    let local = w.path("local-cache");
+    let (id_a, progress_a) = build_plain(
+        &w,
+        &w.root(),
+        &cfg,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache_ref},mode=max"),
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", local.display()),
+        ],
+    );
+    let (steps, cached) = steps_and_cached(&progress_a);
+    assert!(
+        steps.len() >= 7 && cached.len() < steps.len(),
+        "{progress_a}"
+    );
+
+    // The registry holds an rbuild cache artifact that skopeo can read.
+    let manifest: Value = serde_json::from_slice(&skopeo_raw(&cache_ref)).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.rbuild.cache.config.v1+json"
+    );
+    let cache_layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    // Three layers of the build stage, two of the final one (ENV has none).
+    assert_eq!(cache_layers.len(), 5, "{manifest}");
+
+    for (name, from) in [
+        ("store-b", format!("type=registry,ref={cache_ref}")),
+        ("store-c", format!("type=local,src={}", local.display())),
+    ] {
+        let root = w.path(name);
+        let (id, progress) = build_plain(&w, &root, &cfg, &["--cache-from", &from]);
+        let (steps, cached) = steps_and_cached(&progress);
+        assert_eq!(steps, cached, "{name}: every step is CACHED:\n{progress}");
+        let done = progress.lines().filter(|l| l.contains(" DONE ")).count();
+        assert_eq!(done, 1, "{name}: nothing but the export ran:\n{progress}");
+        assert_eq!(id, id_a, "{name}: same image as the first store");
+        // Layers are fetched only when needed: the build stage's own layers
+        // (RUN echo one, COPY a.txt, RUN cat) are not part of the image and
+        // stay in the cache; the final image's layers are all here.
+        let here = |d: &str| {
+            root.join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:"))
+                .is_file()
+        };
+        let fetched = cache_layers.iter().filter(|d| here(d)).count();
+        assert_eq!(fetched, 2, "{name}: only the final stage's two layers");
+        let out = run_ok(rbuild(&w, &root, &cfg, &["inspect", &id]));
+        let image: Value = serde_json::from_str(&out).unwrap();
+        assert!(image[0]["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "DONE=1"));
+    }
+
+    // The image from the cache is complete: push it from store B and read
+    // it back.
+    let out = run_ok(rbuild(
+        &w,
+        &w.path("store-b"),
+        &cfg,
+        &[
+            "push",
+            "-q",
+            id_a.trim(),
+            &format!("{}/app/fromcache:1", reg.host()),
+        ],
+    ));
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+}
+
+/// `pushed NAME@DIGEST` lines of the progress output, as (name, digest).
+fn pushed(progress: &str) -> Vec<(String, String)> {
+    progress
+        .lines()
+        .filter_map(|l| l.split_once(" pushed ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.trim_end_matches(" done").rsplit_once('@'))
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect()
+}
+
+#[test]
+fn build_push_and_image_output_push() {
+    if !available() {
+        return;
+    }
+    let Setup { reg, w, cfg, .. } = setup();
+    w.write("a.txt", "pushed\n");
+    w.dockerfile("FROM scratch\nCOPY a.txt /a.txt\n");
+    let tagged = format!("{}/app/tagged:1", reg.host());
+    let output = format!("{}/app/output:2", reg.host());
+    let (_, progress) = build_plain(
+        &w,
+        &w.root(),
+        &cfg,
+        &[
+            "-t",
+            &tagged,
+            "--push",
+            "-o",
+            &format!("type=image,name={output},push=true"),
+        ],
+    );
+    let list = pushed(&progress);
+    assert_eq!(list.len(), 2, "{progress}");
+    for (name, digest) in &list {
+        assert!(name == &tagged || name == &output, "{name}");
+        assert_eq!(&sha256(&skopeo_raw(name)), digest, "{name}");
+    }
+    assert_eq!(list[0].1, list[1].1, "one image under both names");
+    let config: Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{USER}:{PASSWORD}"),
+            &format!("docker://{tagged}"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(config["Layers"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn build_push_with_a_wrong_password_names_the_registry_and_stores_nothing() {
+    if !available() {
+        return;
+    }
+    let Setup { reg, w, .. } = setup();
+    let wrong = w.path("wrong");
+    docker_config(&wrong, &reg.host(), USER, "not-the-password");
+    w.write("a.txt", "x\n");
+    w.dockerfile("FROM scratch\nCOPY a.txt /a.txt\n");
+    let name = format!("{}/app/denied:1", reg.host());
+    let ctx = w.ctx();
+    let err = run_fails(rbuild(
+        &w,
+        &w.root(),
+        &wrong,
+        &["build", "-q", "-t", &name, "--push", ctx.to_str().unwrap()],
+    ));
+    assert!(err.contains(&reg.host()), "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    // Nothing reached the registry under that name.
+    let out = run({
+        let mut c = Command::new("skopeo");
+        c.args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{USER}:{PASSWORD}"),
+        ])
+        .arg(format!("docker://{name}"));
+        c
+    });
+    assert!(!out.status.success());
+}

@@ -1,0 +1,137 @@
+//! Base images for FROM and `--from`: the local store first (unless
+//! `--pull`), else the image's registry, with Docker's name normalisation
+//! and the stage's platform. Owns only the choice between the two; pulling
+//! itself is `rbuild_image::registry`.
+
+use rbuild_image::registry::{self, ClientOptions};
+use rbuild_image::{Image, ImageConfig, Reference, Store};
+
+use crate::error::BuildError;
+use crate::plan::BaseImage;
+use crate::request::Platform;
+
+/// How base images are found for one build.
+pub(crate) struct BaseImages<'a> {
+    /// The local store.
+    pub store: &'a Store,
+    /// `--pull`: always ask the registry.
+    pub always_pull: bool,
+    /// Registry client settings (insecure registries, credentials file).
+    pub options: ClientOptions,
+}
+
+impl BaseImages<'_> {
+    /// Finds `name` for `platform`, pulling it when the store has no image
+    /// of that name for that platform. `Ok(None)` when the name is neither in
+    /// the store nor a valid image reference.
+    pub fn resolve(
+        &self,
+        name: &str,
+        platform: &Platform,
+        line: usize,
+    ) -> Result<Option<BaseImage>, BuildError> {
+        if !self.always_pull {
+            let found = self
+                .store
+                .resolve(name)
+                .map_err(|e| BuildError::Store(e.into()))?;
+            // A stored image built for another platform is not used for
+            // this one: the registry may have the right variant.
+            if let Some(img) = found.filter(|img| config_matches(&img.config, platform)) {
+                return Ok(Some(base_image(name, img)));
+            }
+        }
+        let Ok(reference) = Reference::parse(name) else {
+            return Ok(None);
+        };
+        let pull_err = |e: registry::Error| match e {
+            // The registry answers, but has no such image: the same as a
+            // missing local image.
+            registry::Error::NotFound { .. } => BuildError::BaseImageNotFound {
+                line,
+                image: name.to_string(),
+            },
+            e => BuildError::Pull {
+                line,
+                image: name.to_string(),
+                source: Box::new(e),
+            },
+        };
+        let img = registry::pull(
+            self.store,
+            &reference,
+            &to_registry(platform),
+            &self.options,
+        )
+        .map_err(pull_err)?;
+        Ok(Some(base_image(name, img)))
+    }
+}
+
+fn base_image(name: &str, img: Image) -> BaseImage {
+    BaseImage {
+        name: name.to_string(),
+        manifest_digest: img.manifest_digest,
+        layers: img.layers(),
+        config: img.config,
+    }
+}
+
+/// Whether an image config is for `platform`. Configs that do not say
+/// (hand-made imports) match any platform; a variant is compared only when
+/// both sides name one, as containerd's platform matcher does.
+fn config_matches(config: &ImageConfig, platform: &Platform) -> bool {
+    if config.architecture.is_empty() || config.os.is_empty() {
+        return true;
+    }
+    let theirs = registry::Platform {
+        os: config.os.clone(),
+        architecture: config.architecture.clone(),
+        variant: config.variant.clone().filter(|v| !v.is_empty()),
+    };
+    to_registry(platform).matches(&theirs)
+}
+
+fn to_registry(p: &Platform) -> registry::Platform {
+    registry::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: (!p.variant.is_empty()).then(|| p.variant.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(os: &str, arch: &str, variant: Option<&str>) -> ImageConfig {
+        ImageConfig {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: variant.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stored_images_match_only_their_platform() {
+        let p = |s: &str| Platform::parse(s).unwrap();
+        assert!(config_matches(
+            &config("linux", "amd64", None),
+            &p("linux/amd64")
+        ));
+        assert!(!config_matches(
+            &config("linux", "amd64", None),
+            &p("linux/arm64")
+        ));
+        assert!(config_matches(
+            &config("linux", "arm64", Some("v8")),
+            &p("linux/arm64")
+        ));
+        assert!(!config_matches(
+            &config("linux", "arm", Some("v6")),
+            &p("linux/arm/v7")
+        ));
+        assert!(config_matches(&config("", "", None), &p("linux/s390x")));
+    }
+}
