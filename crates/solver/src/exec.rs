@@ -24,6 +24,7 @@ use crate::graph::{is_url, location, BuildGraph, SourceDigests};
 use crate::key::FileInput;
 use crate::plan::{Base, CopyOp, FromRef, Op, Plan, RunOp, Step};
 use crate::progress::{ProgressEvent, ProgressSink};
+use crate::remote_cache::ImportedCache;
 use crate::request::NetworkMode;
 use crate::result::{StepReport, StepStatus};
 
@@ -116,6 +117,8 @@ pub struct Runner<'a> {
     pub sources: &'a ContextSources,
     /// The cache index.
     pub cache: &'a CacheIndex,
+    /// Records from `--cache-from`, consulted when the index misses.
+    pub imported: &'a ImportedCache,
     /// Blob presence checks.
     pub blobs: &'a rbuild_cache::BlobStore,
     /// Snapshots.
@@ -245,12 +248,27 @@ impl Runner<'_> {
     }
 
     fn lookup(&self, key: &Digest) -> Option<StepRecord> {
-        let rec: StepRecord = self.cache.get(&CacheKey::from(*key)).ok().flatten()?;
+        let local: Option<StepRecord> = self.cache.get(&CacheKey::from(*key)).ok().flatten();
         // A layer whose blob was removed is a miss: the step runs again.
-        match &rec.layer {
-            Some(l) if !self.blobs.contains(&l.digest) => None,
-            _ => Some(rec),
+        if let Some(rec) = local.filter(|r| match &r.layer {
+            Some(l) => self.blobs.contains(&l.digest),
+            None => true,
+        }) {
+            return Some(rec);
         }
+        // An imported record is a hit even though its layer is not here
+        // yet: the blob is fetched only if something needs it.
+        let rec = self.imported.lookup(key)?;
+        let _ = self.cache.put(&CacheKey::from(*key), &rec);
+        Some(rec)
+    }
+
+    /// Fetches the blobs of `layers` that came from an imported cache and
+    /// are not in the store yet.
+    fn ensure_layers(&self, step: &Step, layers: &[LayerDescriptor]) -> Result<(), BuildError> {
+        self.imported
+            .ensure_layers(self.blobs, layers)
+            .map_err(|e| Self::step_err(step, e))
     }
 
     fn step_err(step: &Step, source: impl Into<Inner>) -> BuildError {
@@ -270,6 +288,7 @@ impl Runner<'_> {
         if !step.op.touches_rootfs() {
             return Ok(None);
         }
+        self.ensure_layers(step, layers)?;
         let snap = self
             .snapshotter
             .prepare(layers)
@@ -298,6 +317,7 @@ impl Runner<'_> {
             FromRef::Stage(s) => dep_layers(*s),
             FromRef::Image(img) => img.layers.clone(),
         };
+        self.ensure_layers(step, &layers)?;
         self.snapshotter
             .view(&layers)
             .map_err(|e| Self::step_err(step, e))

@@ -36,9 +36,11 @@ pub struct BaseImage {
     pub layers: Vec<LayerDescriptor>,
 }
 
-/// Finds an image by name: the one hook where a registry pull would go.
-/// `Ok(None)` means "no such image".
-pub type ResolveImage<'a> = &'a (dyn Fn(&str) -> Result<Option<BaseImage>, BuildError> + Sync);
+/// Finds an image by name for a platform (the store, else its registry);
+/// the line is the Dockerfile line that names it, for errors. `Ok(None)`
+/// means "no such image".
+pub type ResolveImage<'a> =
+    &'a (dyn Fn(&str, &Platform, usize) -> Result<Option<BaseImage>, BuildError> + Sync);
 
 /// What a stage starts from.
 #[derive(Debug, Clone)]
@@ -169,6 +171,9 @@ pub struct StagePlan {
     pub deps: Vec<usize>,
     /// Whether the target needs it.
     pub needed: bool,
+    /// The platform of `FROM --platform=...`; `None`: the build's target
+    /// platform.
+    pub platform: Option<Platform>,
 }
 
 /// The planned build.
@@ -348,6 +353,7 @@ pub fn plan(df: &Dockerfile, input: &PlanInput<'_>) -> Result<Plan, BuildError> 
                 steps: Vec::new(),
                 deps: deps[i].clone(),
                 needed: false,
+                platform: None,
             });
             continue;
         }
@@ -429,6 +435,30 @@ fn from_image(
     }
 }
 
+/// The platform a FROM asks for with `--platform` (expanded with the global
+/// scope, where BuildKit's predefined platform args are visible).
+fn from_platform(
+    df: &Dockerfile,
+    from: &Spanned<Instruction>,
+    global: &GlobalScope,
+) -> Result<Option<Platform>, BuildError> {
+    let e = from
+        .value
+        .expand(&global.vars(), df.escape)
+        .map_err(|e| expansion_error(from.span.line, e))?;
+    let Instruction::From(f) = e.instruction else {
+        return Ok(None);
+    };
+    f.platform
+        .map(|p| {
+            Platform::parse(&p).ok_or_else(|| BuildError::Invalid {
+                line: from.span.line,
+                message: format!("invalid --platform {p:?}: expected os/arch[/variant]"),
+            })
+        })
+        .transpose()
+}
+
 /// Stage or image names an expanded instruction reads from.
 fn from_refs(e: &Expanded) -> Vec<String> {
     let mut out = Vec::new();
@@ -448,6 +478,7 @@ fn resolve_from(
     reference: &str,
     line: usize,
     resolve: ResolveImage<'_>,
+    platform: &Platform,
 ) -> Result<FromRef, BuildError> {
     if let Some(s) = find_stage(stages, current, reference) {
         return Ok(FromRef::Stage(s));
@@ -459,7 +490,7 @@ fn resolve_from(
     if reference.parse::<usize>().is_ok() {
         return Err(unknown());
     }
-    match resolve(reference)? {
+    match resolve(reference, platform, line)? {
         Some(img) => Ok(FromRef::Image(Box::new(img))),
         None => Err(unknown()),
     }
@@ -497,12 +528,14 @@ fn plan_stage(
     let st = &stages[i];
     let from_line = st.from.span.line;
     let image = from_image(df, st.from, global)?;
+    let platform = from_platform(df, st.from, global)?;
+    let stage_platform = platform.as_ref().unwrap_or(input.platform);
     let base = if image == "scratch" {
         Base::Scratch
     } else if let Some(s) = find_stage(stages, i, &image) {
         Base::Stage(s)
     } else {
-        match (input.resolve)(&image)? {
+        match (input.resolve)(&image, stage_platform, from_line)? {
             Some(img) => Base::Image(Box::new(img)),
             None => {
                 return Err(BuildError::BaseImageNotFound {
@@ -599,7 +632,7 @@ fn plan_stage(
                 let from = c
                     .from
                     .as_deref()
-                    .map(|r| resolve_from(stages, i, r, line, input.resolve))
+                    .map(|r| resolve_from(stages, i, r, line, input.resolve, stage_platform))
                     .transpose()?;
                 let op = CopyOp {
                     add: false,
@@ -641,9 +674,14 @@ fn plan_stage(
                 let mut mounts = Vec::new();
                 for m in &e.mounts {
                     let from = match (&m.from, m.kind) {
-                        (Some(f), MountType::Bind | MountType::Cache) => {
-                            Some(resolve_from(stages, i, f, line, input.resolve)?)
-                        }
+                        (Some(f), MountType::Bind | MountType::Cache) => Some(resolve_from(
+                            stages,
+                            i,
+                            f,
+                            line,
+                            input.resolve,
+                            stage_platform,
+                        )?),
                         _ => None,
                     };
                     mounts.push(RunMount {
@@ -732,6 +770,7 @@ fn plan_stage(
         steps,
         deps,
         needed: true,
+        platform,
     })
 }
 
@@ -833,7 +872,11 @@ fn copy_text(op: &CopyOp, from: Option<&str>) -> String {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn no_images(_: &str) -> Result<Option<BaseImage>, BuildError> {
+    pub(crate) fn no_images(
+        _: &str,
+        _: &Platform,
+        _: usize,
+    ) -> Result<Option<BaseImage>, BuildError> {
         Ok(None)
     }
 
@@ -859,6 +902,58 @@ pub(crate) mod tests {
                 resolve,
             },
         )
+    }
+
+    #[test]
+    fn from_platform_selects_the_image_and_the_stage_platform() {
+        // The resolver sees the FROM's line and platform, expanded with the
+        // predefined platform args.
+        let asked = std::sync::Mutex::new(Vec::new());
+        let resolve = |name: &str, p: &Platform, line: usize| {
+            asked
+                .lock()
+                .unwrap()
+                .push((name.to_string(), p.to_string(), line));
+            Ok(Some(BaseImage {
+                name: name.into(),
+                manifest_digest: Digest::of_bytes(name.as_bytes()),
+                config: ImageConfig::default(),
+                layers: Vec::new(),
+            }))
+        };
+        let text = "FROM --platform=$BUILDPLATFORM base AS b\n\
+                    FROM --platform=linux/arm64 scratch AS s\n\
+                    FROM img\nCOPY --from=other /x /y\n";
+        let p = plan_text(text, &[], None, &resolve).unwrap();
+        let host = Platform::host().to_string();
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![
+                ("img".to_string(), "linux/amd64".to_string(), 3),
+                ("other".to_string(), "linux/amd64".to_string(), 4),
+            ]
+        );
+        let p2 = plan_text(text, &[], Some("b"), &resolve).unwrap();
+        assert_eq!(
+            asked.lock().unwrap()[2],
+            ("base".to_string(), host.clone(), 1)
+        );
+        assert_eq!(
+            p2.stages[0].platform.as_ref().map(|p| p.to_string()),
+            Some(host)
+        );
+        let p3 = plan_text(text, &[], Some("s"), &resolve).unwrap();
+        assert_eq!(
+            p3.stages[1]
+                .platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .as_deref(),
+            Some("linux/arm64")
+        );
+        assert_eq!(p.stages[2].platform, None);
+        let e = plan_text("FROM --platform=linux scratch\n", &[], None, &no_images).unwrap_err();
+        assert!(e.to_string().contains("invalid --platform"), "{e}");
     }
 
     fn last_env(p: &Plan) -> Vec<String> {
@@ -974,7 +1069,11 @@ pub(crate) mod tests {
         assert!(last.before.config.env.contains(&"A=1".to_string()));
     }
 
-    fn image_with_onbuild(name: &str) -> Result<Option<BaseImage>, BuildError> {
+    fn image_with_onbuild(
+        name: &str,
+        _: &Platform,
+        _: usize,
+    ) -> Result<Option<BaseImage>, BuildError> {
         if name != "parent" {
             return Ok(None);
         }
