@@ -162,8 +162,16 @@ EOF
     assert_eq!(read("/awk.txt"), "from awk\n");
     // `<<-` strips the tabs, so the shebang is the first line.
     assert_eq!(read("/zero.txt"), "/dev/pipes/EOF\n");
-    assert!(read("/mode.txt").starts_with("-rwxr-xr-x"), "{}", read("/mode.txt"));
-    assert!(read("/ro.txt").ends_with("read-only\n"), "{}", read("/ro.txt"));
+    assert!(
+        read("/mode.txt").starts_with("-rwxr-xr-x"),
+        "{}",
+        read("/mode.txt")
+    );
+    assert!(
+        read("/ro.txt").ends_with("read-only\n"),
+        "{}",
+        read("/ro.txt")
+    );
     // Without a shebang the body is the shell's script.
     assert_eq!(read("/plain.txt"), "plain\n");
     let store = rbuild_image::Store::open(&root).unwrap();
@@ -175,7 +183,10 @@ EOF
     )
     .unwrap();
     let view = snap.view(&image.layers()).unwrap();
-    assert!(!view.path().join("dev/pipes").exists(), "the script leaked into a layer");
+    assert!(
+        !view.path().join("dev/pipes").exists(),
+        "the script leaked into a layer"
+    );
 
     let again = build(&request(tmp.path(), &root, &text("changed")), &NoProgress).unwrap();
     assert_eq!(
