@@ -62,7 +62,18 @@ pub fn render_build_error(err: &BuildError, file: &DockerfileText<'_>) -> String
         }
         BuildError::BaseImageNotFound { line, image } => located(
             *line,
-            format!("base image {image:?} not found in the local store (import or load it first)"),
+            format!("base image {image:?} not found in the local store nor in its registry"),
+        ),
+        BuildError::Pull {
+            line,
+            image,
+            source,
+        } => located(
+            *line,
+            format!(
+                "pulling base image {image:?}: {}",
+                error_chain(source.as_ref())
+            ),
         ),
         BuildError::CopySource { step, source } | BuildError::Step { step, source } => {
             at_step(step, error_chain(source.as_ref()))
@@ -131,7 +142,7 @@ mod tests {
         let out = render_build_error(&err, &file());
         assert_eq!(
             out,
-            "Dockerfile:1:1: base image \"nope:1\" not found in the local store (import or load it first)\n   1 | FROM scratch\n     | ^"
+            "Dockerfile:1:1: base image \"nope:1\" not found in the local store nor in its registry\n   1 | FROM scratch\n     | ^"
         );
     }
 

@@ -115,7 +115,7 @@ fn build_from_a_registry_image_in_a_fresh_store() {
         &["build", "-q", ctx.to_str().unwrap()],
     ));
     assert!(err.contains(&base), "{err}");
-    assert!(err.contains("line 1"), "{err}");
+    assert!(err.contains("Dockerfile:1"), "{err}");
     assert!(
         err.contains(&reg.host()) && err.contains("unauthorized"),
         "{err}"

@@ -117,9 +117,9 @@ pub enum BuildError {
         /// The stage.
         stage: String,
     },
-    /// The base image of a FROM (or an image named by `--from`) is not in
-    /// the local store.
-    #[error("Dockerfile line {line}: base image {image:?} not found in the local store (import or load it first)")]
+    /// The base image of a FROM (or an image named by `--from`) is neither
+    /// in the local store nor in its registry.
+    #[error("Dockerfile line {line}: base image {image:?} not found in the local store nor in its registry")]
     BaseImageNotFound {
         /// 1-based line.
         line: usize,
