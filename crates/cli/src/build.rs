@@ -61,8 +61,12 @@ pub fn run(args: &BuildArgs, root: &Path) -> Result<()> {
     if (args.push || outputs.iter().any(|o| o.push)) && push.is_empty() {
         bail!("--push needs an image name: add -t NAME or -o type=image,name=NAME,push=true");
     }
-    let (request, dockerfile_name, dockerfile_text) =
-        request_from_args(args, root, &|k| std::env::var(k).ok())?;
+    let Prepared {
+        req: request,
+        name: dockerfile_name,
+        stdin_text: dockerfile_text,
+        _stdin_context,
+    } = request_from_args(args, root, &|k| std::env::var(k).ok())?;
     let progress = progress_for(args);
     let result = match rbuild_solver::build(&request, &progress) {
         Ok(r) => r,
@@ -159,32 +163,48 @@ fn write_iidfile(path: &Path, result: &BuildResult) -> Result<()> {
         .with_context(|| format!("writing --iidfile {}", path.display()))
 }
 
-/// Builds the solver request from the flags. Returns it with the
-/// Dockerfile's display name and, for `-f -`, the text read from stdin.
+/// Builds the solver request from the flags, reading stdin for `-f -` or a
+/// `-` context.
 fn request_from_args(
     args: &BuildArgs,
     root: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(BuildRequest, String, Option<String>)> {
-    if args.context.as_os_str() == "-" {
-        bail!("a build context on stdin is not supported; give a context directory");
-    }
-    let meta = std::fs::metadata(&args.context)
-        .with_context(|| format!("build context {}", args.context.display()))?;
-    if !meta.is_dir() {
-        bail!(
-            "build context {} is not a directory",
-            args.context.display()
-        );
-    }
-    let mut req = BuildRequest::new(&args.context, root);
+) -> Result<Prepared> {
+    let stdin_file = args.file.as_ref().is_some_and(|f| f.as_os_str() == "-");
+    let stdin_context = if args.context.as_os_str() == "-" {
+        if stdin_file {
+            bail!("cannot read both the build context and the Dockerfile from stdin");
+        }
+        Some(StdinContext::read(std::io::stdin().lock(), root)?)
+    } else {
+        let meta = std::fs::metadata(&args.context)
+            .with_context(|| format!("build context {}", args.context.display()))?;
+        if !meta.is_dir() {
+            bail!(
+                "build context {} is not a directory",
+                args.context.display()
+            );
+        }
+        None
+    };
+    let context = stdin_context
+        .as_ref()
+        .map_or_else(|| args.context.clone(), StdinContext::dir);
+    let mut req = BuildRequest::new(&context, root);
     let mut stdin_text = None;
-    let name = match &args.file {
-        Some(f) if f.as_os_str() == "-" => {
+    let from_stdin = match &stdin_context {
+        Some(c) => c.dockerfile.clone(),
+        None if stdin_file => {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading the Dockerfile from stdin")?;
+            Some(text)
+        }
+        None => None,
+    };
+    let name = match (from_stdin, &args.file) {
+        (Some(text), _) => {
             req.dockerfile = DockerfileSource::Text {
                 name: STDIN_DOCKERFILE_NAME.into(),
                 text: text.clone(),
@@ -192,13 +212,21 @@ fn request_from_args(
             stdin_text = Some(text);
             STDIN_DOCKERFILE_NAME.to_string()
         }
-        Some(f) => {
-            req.dockerfile = DockerfileSource::Path(f.clone());
+        (None, Some(f)) => {
+            // With a context tarball on stdin, -f names a file inside it.
+            let path = match &stdin_context {
+                Some(_) if f.is_relative() => context.join(f),
+                _ => f.clone(),
+            };
+            req.dockerfile = DockerfileSource::Path(path);
             f.display().to_string()
         }
-        None => {
-            let p = args.context.join("Dockerfile");
-            let name = p.display().to_string();
+        (None, None) => {
+            let p = context.join("Dockerfile");
+            let name = match &stdin_context {
+                Some(_) => "Dockerfile".to_string(),
+                None => p.display().to_string(),
+            };
             req.dockerfile = DockerfileSource::Path(p);
             name
         }
@@ -255,7 +283,71 @@ fn request_from_args(
         .iter()
         .map(|c| crate::registry::parse_cache_from(c))
         .collect::<Result<_>>()?;
-    Ok((req, name, stdin_text))
+    Ok(Prepared {
+        req,
+        name,
+        stdin_text,
+        _stdin_context: stdin_context,
+    })
+}
+
+/// The solver request and what the CLI keeps beside it.
+struct Prepared {
+    req: BuildRequest,
+    /// The Dockerfile's display name.
+    name: String,
+    /// The Dockerfile text when it came from stdin.
+    stdin_text: Option<String>,
+    /// A context read from stdin; its directory lives as long as this.
+    _stdin_context: Option<StdinContext>,
+}
+
+/// A build context given as `-` (as `docker build -`): stdin is a tarball
+/// (plain or compressed) holding the context, or else a Dockerfile, and the
+/// context is empty. Unpacked under the store's `tmp/` (same filesystem,
+/// cleaned by `check --repair` should rbuild be killed) and removed on drop.
+struct StdinContext {
+    tmp: tempfile::TempDir,
+    /// The Dockerfile text when stdin was not an archive.
+    dockerfile: Option<String>,
+}
+
+impl StdinContext {
+    fn read(mut input: impl Read, root: &Path) -> Result<StdinContext> {
+        let tmp_root = root.join("tmp");
+        std::fs::create_dir_all(&tmp_root)
+            .with_context(|| format!("creating {}", tmp_root.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(rbuild_cache::TEMP_PREFIX)
+            .tempdir_in(&tmp_root)
+            .with_context(|| format!("creating a temp dir in {}", tmp_root.display()))?;
+        // Spooled to a file first: whether it is an archive is known only
+        // after the first header, and a Dockerfile must then be read again.
+        let spool = tmp.path().join("stdin");
+        let mut file = std::fs::File::create(&spool)
+            .with_context(|| format!("creating {}", spool.display()))?;
+        std::io::copy(&mut input, &mut file).context("reading the build context from stdin")?;
+        let ctx = tmp.path().join("context");
+        std::fs::create_dir(&ctx).with_context(|| format!("creating {}", ctx.display()))?;
+        let archive = std::fs::File::open(&spool)?;
+        let is_archive = rbuild_image::extract_archive(archive, &ctx, "/")
+            .context("unpacking the build context from stdin")?;
+        let dockerfile =
+            if is_archive {
+                None
+            } else {
+                let bytes = std::fs::read(&spool)?;
+                Some(String::from_utf8(bytes).map_err(|_| {
+                    anyhow!("stdin is neither a tar archive nor a UTF-8 Dockerfile")
+                })?)
+            };
+        std::fs::remove_file(&spool)?;
+        Ok(StdinContext { tmp, dockerfile })
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("context")
+    }
 }
 
 /// `--build-arg K=V` values; `K` alone takes `K`'s value from the
@@ -410,7 +502,12 @@ mod tests {
         let Command::Build(b) = cli.command else {
             unreachable!()
         };
-        let (req, name, text) = request_from_args(&b, Path::new("/store"), &env).unwrap();
+        let Prepared {
+            req,
+            name,
+            stdin_text: text,
+            ..
+        } = request_from_args(&b, Path::new("/store"), &env).unwrap();
         assert_eq!(
             req.dockerfile,
             DockerfileSource::Path(dir.path().join("Dockerfile"))

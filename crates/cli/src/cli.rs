@@ -159,7 +159,8 @@ pub struct BuildArgs {
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
 
-    /// The build context directory
+    /// The build context directory; `-` reads a context tarball (plain or
+    /// compressed), or else a Dockerfile with an empty context, from stdin
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
 }

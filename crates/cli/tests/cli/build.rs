@@ -331,3 +331,72 @@ fn import_changes_set_the_config_a_build_inherits() {
     assert!(w.ok(&["images"]).contains("<none>"));
     assert!(untagged.starts_with("sha256:"), "{untagged}");
 }
+
+/// Runs rbuild with `input` on stdin.
+fn with_stdin(mut c: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn context_from_stdin_is_a_tarball_or_a_dockerfile() {
+    let w = World::new();
+    w.write("app/a.txt", "A");
+    w.write("build/Dockerfile.ci", "FROM scratch\nCOPY app /srv\n");
+    let tgz = w.path("ctx.tgz");
+    run_ok({
+        let mut c = std::process::Command::new("tar");
+        c.arg("czf").arg(&tgz).arg("-C").arg(w.ctx()).arg(".");
+        c
+    });
+
+    // A compressed context tarball; -f names a file inside it.
+    let out = w.path("out");
+    let o = with_stdin(
+        w.cmd(&[
+            "build",
+            "-q",
+            "-f",
+            "build/Dockerfile.ci",
+            "-o",
+            out.to_str().unwrap(),
+            "-",
+        ]),
+        &std::fs::read(&tgz).unwrap(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tree(&out)["srv/a.txt"], file(0o644, "A"));
+
+    // A Dockerfile: the context is empty, so COPY finds nothing, and the
+    // error names the stdin Dockerfile's line.
+    let o = with_stdin(
+        w.cmd(&["build", "-q", "-"]),
+        b"FROM scratch\nLABEL x=1\nCOPY app /srv\n",
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Dockerfile:3:1"), "{err}");
+    assert!(err.contains("\"app\" not found"), "{err}");
+    let o = with_stdin(
+        w.cmd(&["build", "-q", "-t", "s:1", "-"]),
+        b"FROM scratch\nLABEL x=1\n",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(w.inspect("s:1")["Config"]["Labels"]["x"], "1");
+
+    // Both on stdin is refused; no temp dir is left in the store.
+    let err = w.fails(&["build", "-f", "-", "-"]);
+    assert!(
+        err.contains("both the build context and the Dockerfile"),
+        "{err}"
+    );
+    let tmp = w.root().join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
