@@ -44,7 +44,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Temp files a killed rbuild may have left in the store at `store_root`:
 /// every entry of `tmp/`, and `.rbuild-tmp-*` files beside final files in
-/// the root, `cache/` and `statcache/`. They are garbage only when no other
+/// the root, `cache/`, `statcache/` and `leases/`. They are garbage only when no other
 /// rbuild process is running: delete them while holding the store's `gc`
 /// lock exclusively (see [`crate::lock_path`]), which every writer holds
 /// shared.
@@ -56,6 +56,7 @@ pub fn stray_temp_files(store_root: &Path) -> Result<Vec<PathBuf>> {
         (store_root.to_path_buf(), false),
         (store_root.join("cache"), false),
         (store_root.join("statcache"), false),
+        (store_root.join("leases"), false),
     ] {
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,

@@ -125,6 +125,23 @@ impl CacheIndex {
         }
     }
 
+    /// The blobs `key`'s record refers to (see [`record_blobs`]): `None`
+    /// when there is no record, `Some(Err(..))` when it is not JSON.
+    pub fn blobs_of(&self, key: &CacheKey) -> Result<Option<Result<Vec<Digest>, String>>> {
+        Ok(self.read_raw(key)?.map(|data| record_blobs(&data)))
+    }
+
+    /// The raw bytes of `key`'s record, if any (for maintenance that
+    /// follows records without knowing their type, see [`record_digests`]).
+    pub fn read_raw(&self, key: &CacheKey) -> Result<Option<Vec<u8>>> {
+        let p = self.path(key);
+        match fs::read(&p) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", p, e)),
+        }
+    }
+
     /// Every key with a record, sorted (for `check`, `du` and `prune`).
     pub fn keys(&self) -> Result<Vec<CacheKey>> {
         let mut out = Vec::new();
@@ -143,6 +160,44 @@ impl CacheIndex {
         out.sort();
         Ok(out)
     }
+}
+
+/// The blobs a cache record (JSON) refers to. By the convention every
+/// record follows, a field named `digest` holding a `sha256:` digest names
+/// a blob of the store, at any depth; other digests (diffIDs, file
+/// digests, parent keys) use other field names. This lets maintenance
+/// (`check`, `du`, `prune`) follow records without knowing their type.
+pub fn record_blobs(json: &[u8]) -> Result<Vec<Digest>, String> {
+    record_digests(json, "digest")
+}
+
+/// The `sha256:` digests held by fields named `field` anywhere in a JSON
+/// record, sorted and deduplicated (`"diff_id"` gives the layers' diffIDs).
+pub fn record_digests(json: &[u8], field: &str) -> Result<Vec<Digest>, String> {
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut stack = vec![&value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match v {
+                        serde_json::Value::String(s) if k == field => {
+                            if let Ok(d) = s.parse::<Digest>() {
+                                out.push(d);
+                            }
+                        }
+                        _ => stack.push(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -201,6 +256,26 @@ mod tests {
         let k = CacheKey(Digest::of_bytes(b"step"));
         fs::write(idx.path(&k), b"{\"old\": true}").unwrap();
         assert_eq!(idx.get::<Rec>(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn record_blobs_follow_digest_fields_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = CacheIndex::open(dir.path()).unwrap();
+        let k = CacheKey(Digest::of_bytes(b"step"));
+        assert_eq!(idx.blobs_of(&k).unwrap(), None);
+        let layer = Digest::of_bytes(b"layer");
+        let diff = Digest::of_bytes(b"diff");
+        let json = format!(
+            r#"{{"layer":{{"digest":"{layer}","diff_id":"{diff}","size":3}},"created":"x"}}"#
+        );
+        fs::write(idx.path(&k), &json).unwrap();
+        assert_eq!(idx.blobs_of(&k).unwrap(), Some(Ok(vec![layer])));
+        assert_eq!(record_digests(json.as_bytes(), "diff_id"), Ok(vec![diff]));
+        fs::write(idx.path(&k), b"{\"layer\":null}").unwrap();
+        assert_eq!(idx.blobs_of(&k).unwrap(), Some(Ok(vec![])));
+        fs::write(idx.path(&k), b"{trunc").unwrap();
+        assert!(matches!(idx.blobs_of(&k).unwrap(), Some(Err(_))));
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub enum Command {
     Debug(crate::debug::DebugArgs),
     /// Print the build's step graph (DOT or SVG), marking cached steps
     Graph(crate::graph::GraphArgs),
+    /// Verify the store (blobs, images, cache, leases, temp files, mounts)
+    Check(crate::maintenance::CheckArgs),
+    /// Show disk use: images, layers, build cache, cache mounts, snapshots
+    Du(crate::maintenance::DuArgs),
+    /// Remove unused build cache and blobs (--all: untagged images, cache mounts)
+    Prune(crate::maintenance::PruneArgs),
 }
 
 /// `rbuild build`.
@@ -247,7 +253,7 @@ pub struct TagArgs {
 /// `rbuild rmi`.
 #[derive(Debug, Args)]
 pub struct RmiArgs {
-    /// Remove an image by ID even when several names refer to it
+    /// Remove an image by ID even when several names refer to it, or while a running build uses it
     #[arg(short, long)]
     pub force: bool,
     /// Image names or IDs

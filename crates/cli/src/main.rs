@@ -11,6 +11,7 @@ mod explain;
 mod export;
 mod graph;
 mod images;
+mod maintenance;
 mod outputs;
 mod progress;
 mod registry;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_store(root: &Path) -> Result<Store> {
+pub(crate) fn open_store(root: &Path) -> Result<Store> {
     Store::open(root).with_context(|| format!("opening image store {}", root.display()))
 }
 
@@ -68,5 +69,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => registry::push(&store()?, &args),
         Command::Debug(args) => debug::run(&args),
         Command::Graph(args) => graph::run(&args, &root()?),
+        Command::Check(args) => maintenance::check(&root()?, &args),
+        Command::Du(args) => maintenance::du(&root()?, &args),
+        Command::Prune(args) => maintenance::prune(&root()?, &args),
     }
 }

@@ -16,7 +16,7 @@ pub use archive::{ArchiveError, ArchiveFormat};
 pub use config::{ContainerConfig, Healthcheck, History, ImageConfig, RootFs};
 pub use manifest::{Descriptor, Index, Manifest};
 pub use reference::{Reference, ReferenceError};
-pub use store::{Image, Problem, Store, StoreError};
+pub use store::{CacheUsage, GcPlan, Image, Problem, PruneOptions, Store, StoreError};
 
 pub mod compress;
 pub mod layer;

@@ -20,7 +20,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rbuild_cache::{lock_path, stray_temp_files, write_atomic, BlobStore, Digest, FileLock};
+use rbuild_cache::{
+    live_leases, lock_path, remove_stale_leases, stale_leases, stray_temp_files, write_atomic,
+    BlobStore, CacheIndex, CacheKey, Digest, FileLock,
+};
 
 use crate::config::ImageConfig;
 use crate::layer::LayerDescriptor;
@@ -81,6 +84,16 @@ pub enum StoreError {
         manifest: String,
         /// What disagrees.
         message: String,
+    },
+    /// The image is used by a running build (a live lease names it).
+    #[error(
+        "unable to remove image {image} (must be forced): a running build (pid {pid}) is using it"
+    )]
+    Leased {
+        /// What the user asked to remove.
+        image: String,
+        /// The process holding the lease.
+        pid: u32,
     },
     /// A maintenance operation needs [`Store::open_exclusive`].
     #[error("{0} needs the store opened exclusively")]
@@ -170,6 +183,18 @@ impl Store {
         Self::open_with(root, true)
     }
 
+    /// Like [`Store::open_exclusive`] without waiting: `None` while another
+    /// process has the store open (for a `check` that reports stray files
+    /// only when nothing else is running).
+    pub fn try_open_exclusive(root: &Path) -> Result<Option<Store>> {
+        fs::create_dir_all(root)
+            .map_err(|e| rbuild_cache::Error::io("create directory", root, e))?;
+        match FileLock::try_exclusive(&lock_path(root, "gc")?)? {
+            Some(gc) => Self::with_lock(root, gc, true).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn open_with(root: &Path, exclusive: bool) -> Result<Store> {
         fs::create_dir_all(root)
             .map_err(|e| rbuild_cache::Error::io("create directory", root, e))?;
@@ -179,6 +204,10 @@ impl Store {
         } else {
             FileLock::shared(&gc_path)?
         };
+        Self::with_lock(root, gc, exclusive)
+    }
+
+    fn with_lock(root: &Path, gc: FileLock, exclusive: bool) -> Result<Store> {
         let blobs = BlobStore::open(root)?;
         let store = Store {
             root: root.to_path_buf(),
@@ -437,14 +466,46 @@ impl Store {
 
     /// `rmi`: by name, removes that name only; by image ID (full or short,
     /// or manifest digest), removes the image's names and entry, refusing
-    /// while several names refer to it unless `force`. Returns the names removed.
+    /// while several names refer to it unless `force`. Either way, removing
+    /// the last entry of an image that a running build uses (a live
+    /// [`rbuild_cache::Lease`] names its manifest) is refused unless
+    /// `force`, as Docker refuses while a container uses the image.
+    /// Returns the names removed.
     pub fn remove(&self, name_or_id: &str, force: bool) -> Result<Vec<Reference>> {
+        let leased = if force {
+            BTreeMap::new()
+        } else {
+            self.leased_manifests()?
+        };
+        let refuse = |digest: &Digest| match leased.get(digest) {
+            Some(&pid) => Err(StoreError::Leased {
+                image: name_or_id.to_string(),
+                pid,
+            }),
+            None => Ok(()),
+        };
         if let Some(named) = self.named_reference(name_or_id)? {
-            return if self.untag(&named)? {
+            return self.update_index(|index| {
+                let Some(pos) = index
+                    .manifests
+                    .iter()
+                    .position(|d| entry_name(d).as_ref() == Some(&named))
+                else {
+                    return Err(StoreError::NotFound(name_or_id.to_string()));
+                };
+                let digest = index.manifests[pos].digest;
+                if index
+                    .manifests
+                    .iter()
+                    .filter(|d| d.digest == digest)
+                    .count()
+                    == 1
+                {
+                    refuse(&digest)?;
+                }
+                index.manifests.remove(pos);
                 Ok(vec![named])
-            } else {
-                Err(StoreError::NotFound(name_or_id.to_string()))
-            };
+            });
         }
         let image = self
             .resolve(name_or_id)?
@@ -467,11 +528,26 @@ impl Store {
                     names: names.iter().map(Reference::familiar).collect(),
                 });
             }
+            for &i in &mine {
+                refuse(&index.manifests[i].digest)?;
+            }
+            refuse(&image.manifest_digest)?;
             for i in mine.into_iter().rev() {
                 index.manifests.remove(i);
             }
             Ok(names)
         })
+    }
+
+    /// Manifests named by live leases, with the pid holding each.
+    fn leased_manifests(&self) -> Result<BTreeMap<Digest, u32>> {
+        let mut out = BTreeMap::new();
+        for lease in live_leases(&self.root)? {
+            for m in lease.record.manifests {
+                out.insert(m, lease.record.pid);
+            }
+        }
+        Ok(out)
     }
 
     /// The config digest of a stored manifest, if readable.
@@ -612,8 +688,10 @@ impl Store {
     }
 
     /// Verifies the store: every blob hashes to its name, every listed
-    /// image has its manifest, config and layers (and they agree), and no
-    /// temp files are left over. Returns what is wrong (empty when sound).
+    /// image has its manifest, config and layers (and they agree), every
+    /// step cache record parses and its blobs are present and sound, no
+    /// lease is stale and no temp files are left over. Returns what is
+    /// wrong (empty when sound).
     /// Stray temp files are reported only on an exclusively opened store:
     /// otherwise they may belong to a running rbuild.
     pub fn check(&self) -> Result<Vec<Problem>> {
@@ -647,6 +725,29 @@ impl Store {
                 });
             }
         }
+        let cache = CacheIndex::open(&self.root)?;
+        for key in cache.keys()? {
+            let reason = match cache.blobs_of(&key)? {
+                // Removed since listed: not a problem.
+                None => None,
+                Some(Err(m)) => Some(format!("malformed record: {m}")),
+                Some(Ok(blobs)) => blobs
+                    .iter()
+                    .find(|b| corrupt.contains(b) || !self.blobs.contains(b))
+                    .map(|b| format!("blob {b} is missing or corrupt")),
+            };
+            if let Some(reason) = reason {
+                problems.push(Problem::BrokenCacheEntry {
+                    key: *key.digest(),
+                    reason,
+                });
+            }
+        }
+        problems.extend(
+            stale_leases(&self.root)?
+                .into_iter()
+                .map(Problem::StaleLease),
+        );
         if self.exclusive {
             problems.extend(
                 stray_temp_files(&self.root)?
@@ -657,8 +758,14 @@ impl Store {
         Ok(problems)
     }
 
+    /// Whether this handle holds the store's `gc` lock exclusively.
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
     /// Removes what [`Store::check`] found broken: corrupt blobs, the
-    /// index entries of broken images, stray temp files. Needs a store
+    /// index entries of broken images, broken cache records, stale leases
+    /// and stray temp files. Needs a store
     /// opened with [`Store::open_exclusive`]. Returns one line per removal.
     pub fn repair(&self, problems: &[Problem]) -> Result<Vec<String>> {
         if !self.exclusive {
@@ -704,7 +811,19 @@ impl Store {
                         Err(e) => return Err(rbuild_cache::Error::io("remove", path, e).into()),
                     }
                 }
+                Problem::BrokenCacheEntry { key, .. } => {
+                    let cache = CacheIndex::open(&self.root)?;
+                    if cache.remove(&CacheKey(*key))? {
+                        done.push(format!("removed broken cache entry {key}"));
+                    }
+                }
+                Problem::StaleLease(_) => {}
                 Problem::BrokenImage { .. } => {}
+            }
+        }
+        if problems.iter().any(|p| matches!(p, Problem::StaleLease(_))) {
+            for path in remove_stale_leases(&self.root)? {
+                done.push(format!("removed stale lease {}", path.display()));
             }
         }
         Ok(done)
@@ -729,6 +848,215 @@ impl Store {
     }
 }
 
+/// What `prune` may remove, beyond blobs nothing refers to.
+#[derive(Clone, Debug, Default)]
+pub struct PruneOptions {
+    /// Also remove untagged images and every cache record, even those
+    /// whose blobs images share (`prune --all`).
+    pub all: bool,
+    /// Keep the most recently used cache records up to this many bytes.
+    pub keep_storage: Option<u64>,
+    /// Only remove cache records unused for at least this long.
+    pub until: Option<std::time::Duration>,
+}
+
+/// One cache record as seen by [`Store::gc_plan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Its key.
+    pub key: Digest,
+    /// Bytes of the blobs it refers to that no kept image uses.
+    pub size: u64,
+    /// When it was last written or hit.
+    pub last_used: Option<std::time::SystemTime>,
+    /// A live lease names it: it is never removed.
+    pub leased: bool,
+}
+
+/// What a prune with given options would remove (and what `du` reports as
+/// reclaimable): computed without changing anything.
+#[derive(Clone, Debug, Default)]
+pub struct GcPlan {
+    /// Untagged images to drop from `index.json` (`--all` only).
+    pub images: Vec<Digest>,
+    /// Cache records to remove.
+    pub cache: Vec<CacheUsage>,
+    /// Blobs to remove afterwards, with their sizes: those no kept image,
+    /// kept cache record or live lease refers to.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Every cache record, for reporting.
+    pub all_cache: Vec<CacheUsage>,
+    /// diffIDs of the layers that stay (their snapshots are worth keeping).
+    pub kept_diff_ids: BTreeSet<Digest>,
+    /// Layer chains of the images that stay (chain IDs, as containerd
+    /// computes them), for flattened snapshots.
+    pub kept_chain_ids: BTreeSet<Digest>,
+}
+
+impl GcPlan {
+    /// Bytes the plan frees (blobs only; snapshots and cache mounts are
+    /// counted by their owners).
+    pub fn reclaimed(&self) -> u64 {
+        self.blobs.iter().map(|(_, s)| s).sum()
+    }
+}
+
+impl Store {
+    /// Decides what a prune with `opts` removes: cache records not named by
+    /// a live lease (by default only those holding blobs that no kept
+    /// image uses; with `until`, only those unused that long; with
+    /// `keep_storage`, the least recently used beyond that size), then
+    /// every blob that nothing kept refers to. Images that are tagged, or
+    /// named by a live lease, always stay with all their blobs.
+    pub fn gc_plan(&self, opts: &PruneOptions) -> Result<GcPlan> {
+        let mut plan = GcPlan::default();
+        let leases = live_leases(&self.root)?;
+        let leased_manifests: BTreeSet<Digest> = leases
+            .iter()
+            .flat_map(|l| l.record.manifests.iter().copied())
+            .collect();
+        let leased_keys: BTreeSet<Digest> = leases
+            .iter()
+            .flat_map(|l| l.record.cache_keys.iter().copied())
+            .collect();
+        let mut keep: BTreeSet<Digest> = leases
+            .iter()
+            .flat_map(|l| l.record.blobs.iter().copied())
+            .collect();
+
+        // Images: named ones stay; untagged ones go with --all unless leased.
+        let index = self.index()?;
+        let named: BTreeSet<Digest> = index
+            .manifests
+            .iter()
+            .filter(|d| entry_name(d).is_some())
+            .map(|d| d.digest)
+            .collect();
+        let mut kept_images = Vec::new();
+        for d in &index.manifests {
+            let drop =
+                opts.all && !named.contains(&d.digest) && !leased_manifests.contains(&d.digest);
+            if drop {
+                plan.images.push(d.digest);
+            } else {
+                kept_images.push(d.digest);
+            }
+        }
+        kept_images.extend(leased_manifests.iter().copied());
+        for m in kept_images {
+            // A broken image keeps what it still has; `check` reports it.
+            keep.insert(m);
+            let Ok(image) = self.image(&m) else { continue };
+            keep.insert(image.config_digest);
+            keep.extend(image.manifest.layers.iter().map(|l| l.digest));
+            let mut chain: Option<Digest> = None;
+            for diff_id in &image.config.rootfs.diff_ids {
+                plan.kept_diff_ids.insert(*diff_id);
+                let id = match chain {
+                    None => *diff_id,
+                    Some(parent) => Digest::of_bytes(format!("{parent} {diff_id}").as_bytes()),
+                };
+                plan.kept_chain_ids.insert(id);
+                chain = Some(id);
+            }
+        }
+
+        // Cache records: newest first, so keep-storage keeps the most recent.
+        let cache = CacheIndex::open(&self.root)?;
+        let now = std::time::SystemTime::now();
+        let mut records = Vec::new();
+        for key in cache.keys()? {
+            let Some(raw) = cache.read_raw(&key)? else {
+                continue;
+            };
+            let blobs = rbuild_cache::record_blobs(&raw).unwrap_or_default();
+            let diff_ids = rbuild_cache::record_digests(&raw, "diff_id").unwrap_or_default();
+            let size = blobs
+                .iter()
+                .filter(|b| !keep.contains(b))
+                .filter_map(|b| self.blobs.size(b).ok())
+                .sum();
+            let usage = CacheUsage {
+                key: *key.digest(),
+                size,
+                last_used: cache.last_used(&key)?,
+                leased: leased_keys.contains(key.digest()),
+            };
+            records.push((usage, blobs, diff_ids));
+        }
+        records.sort_by(|a, b| {
+            b.0.last_used
+                .cmp(&a.0.last_used)
+                .then(a.0.key.cmp(&b.0.key))
+        });
+        let mut kept_bytes = 0u64;
+        for (usage, blobs, diff_ids) in records {
+            plan.all_cache.push(usage.clone());
+            let old_enough = match (opts.until, usage.last_used) {
+                (None, _) => true,
+                (Some(age), Some(t)) => now.duration_since(t).is_ok_and(|d| d >= age),
+                (Some(_), None) => true,
+            };
+            let within_budget = opts
+                .keep_storage
+                .is_some_and(|limit| kept_bytes + usage.size <= limit);
+            let worth = opts.all || usage.size > 0;
+            let remove = !usage.leased && old_enough && !within_budget && worth;
+            if remove {
+                plan.cache.push(usage);
+            } else {
+                kept_bytes += usage.size;
+                keep.extend(blobs);
+                plan.kept_diff_ids.extend(diff_ids);
+            }
+        }
+
+        for digest in self.blobs.list()? {
+            if !keep.contains(&digest) {
+                let size = self.blobs.size(&digest).unwrap_or(0);
+                plan.blobs.push((digest, size));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Carries out a [`GcPlan`] (from [`Store::gc_plan`] on this same
+    /// exclusively opened store): drops the untagged images, then the cache
+    /// records, then the blobs. Returns one line per removal.
+    pub fn prune(&self, plan: &GcPlan) -> Result<Vec<String>> {
+        if !self.exclusive {
+            return Err(StoreError::NotExclusive("prune"));
+        }
+        let mut done = Vec::new();
+        if !plan.images.is_empty() {
+            let removed = self.update_index(|index| {
+                let before = index.manifests.len();
+                index
+                    .manifests
+                    .retain(|d| !(entry_name(d).is_none() && plan.images.contains(&d.digest)));
+                Ok(before - index.manifests.len())
+            })?;
+            if removed > 0 {
+                for d in &plan.images {
+                    done.push(format!("deleted untagged image {d}"));
+                }
+            }
+        }
+        let cache = CacheIndex::open(&self.root)?;
+        for c in &plan.cache {
+            if cache.remove(&CacheKey(c.key))? {
+                done.push(format!("deleted cache entry {}", c.key));
+            }
+        }
+        for (d, _) in &plan.blobs {
+            if self.blobs.remove(d)? {
+                done.push(format!("deleted blob {d}"));
+            }
+        }
+        Ok(done)
+    }
+}
+
 /// Something [`Store::check`] found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
@@ -748,8 +1076,34 @@ pub enum Problem {
         /// What is wrong.
         reason: String,
     },
+    /// A step cache record that does not parse, or whose blob is missing
+    /// or corrupt.
+    BrokenCacheEntry {
+        /// The cache key.
+        key: Digest,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A lease file whose holder is gone.
+    StaleLease(PathBuf),
     /// A temp file or directory left by a killed process.
     StrayTemp(PathBuf),
+}
+
+impl Problem {
+    /// Whether the problem is damage to content (a corrupt blob, a broken
+    /// image or cache record) rather than a leftover of a killed process
+    /// (stale lease, temp file) that `check --repair` simply clears. A
+    /// crash must never cause damage: every write is temp file, fsync,
+    /// rename.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Problem::CorruptBlob { .. }
+                | Problem::BrokenImage { .. }
+                | Problem::BrokenCacheEntry { .. }
+        )
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -761,6 +1115,10 @@ impl std::fmt::Display for Problem {
             Problem::BrokenImage { entry, reason, .. } => {
                 write!(f, "image {entry} is broken: {reason}")
             }
+            Problem::BrokenCacheEntry { key, reason } => {
+                write!(f, "cache entry {key} is broken: {reason}")
+            }
+            Problem::StaleLease(p) => write!(f, "stale lease {}", p.display()),
             Problem::StrayTemp(p) => write!(f, "stray temp file {}", p.display()),
         }
     }

@@ -55,7 +55,47 @@ pub fn build(
     progress: &dyn ProgressSink,
 ) -> Result<BuildResult, BuildError> {
     let prepared = prepare(request)?;
-    run(request, prepared, progress)
+    let (lease, keys) = take_lease(request, &prepared.graph)?;
+    let result = run(request, prepared, progress);
+    // Records hit or written now count as recently used for `prune`.
+    if let Ok(cache) = rbuild_cache::CacheIndex::open(&request.root) {
+        for key in &keys {
+            let _ = cache.touch(&rbuild_cache::CacheKey::from(*key));
+        }
+    }
+    drop(lease);
+    result
+}
+
+/// Registers the running build in the store's leases: the images its steps
+/// start from or copy from, and its cache keys, so `rmi` refuses to drop
+/// them and prune keeps them while it runs.
+fn take_lease(
+    request: &BuildRequest,
+    graph: &BuildGraph,
+) -> Result<(rbuild_cache::Lease, Vec<rbuild_cache::Digest>), BuildError> {
+    let mut manifests = std::collections::BTreeSet::new();
+    let mut keys = Vec::new();
+    for node in graph.graph.node_weights() {
+        keys.push(node.key);
+        if let ParentInput::Image { digest, .. } = &node.inputs.parent {
+            manifests.insert(*digest);
+        }
+        for source in &node.inputs.sources {
+            if let SourceInput::Image { digest, .. } = source {
+                manifests.insert(*digest);
+            }
+        }
+    }
+    let lease = rbuild_cache::Lease::acquire(
+        &request.root,
+        "build",
+        manifests.into_iter().collect(),
+        Vec::new(),
+        keys.clone(),
+    )
+    .map_err(store_err)?;
+    Ok((lease, keys))
 }
 
 /// Plans the build and computes every step's cache key without running
