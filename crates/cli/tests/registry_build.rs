@@ -104,6 +104,30 @@ fn build_from_a_registry_image_in_a_fresh_store() {
     let index = std::fs::read_to_string(fresh.join("index.json")).unwrap();
     assert!(index.contains(&base) && index.contains(&digest), "{index}");
 
+    // Interop the other way: what skopeo pushes (from the store, which is
+    // an OCI layout), rbuild pulls and builds FROM.
+    let by_skopeo = format!("{}/skopeo/busybox:2", reg.host());
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{USER}:{PASSWORD}"),
+            &format!("oci:{}:1", w.root().display()),
+            &format!("docker://{by_skopeo}"),
+        ],
+    );
+    w.dockerfile(&format!(
+        "FROM {by_skopeo}\nRUN test -x /bin/busybox && echo ok > /ok\n"
+    ));
+    run_ok(rbuild(
+        &w,
+        &w.path("fresh3"),
+        &cfg,
+        &["build", "-q", ctx.to_str().unwrap()],
+    ));
+
     // Without credentials the registry refuses, and the error names the
     // image, its line and the registry.
     let anon = w.path("anon");
@@ -114,7 +138,7 @@ fn build_from_a_registry_image_in_a_fresh_store() {
         &anon,
         &["build", "-q", ctx.to_str().unwrap()],
     ));
-    assert!(err.contains(&base), "{err}");
+    assert!(err.contains(&by_skopeo), "{err}");
     assert!(err.contains("Dockerfile:1"), "{err}");
     assert!(
         err.contains(&reg.host()) && err.contains("unauthorized"),
@@ -182,6 +206,7 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
     ));
     let cache_ref = format!("{}/cache/app:buildcache", reg.host());
     let local = w.path("local-cache");
+    let min = w.path("min-cache");
     let (id_a, progress_a) = build_plain(
         &w,
         &w.root(),
@@ -191,6 +216,8 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
             &format!("type=registry,ref={cache_ref},mode=max"),
             "--cache-to",
             &format!("type=local,dest={},mode=max", local.display()),
+            "--cache-to",
+            &format!("type=local,dest={},mode=min", min.display()),
         ],
     );
     let (steps, cached) = steps_and_cached(&progress_a);
@@ -213,6 +240,20 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
         .collect();
     // Three layers of the build stage, two of the final one (ENV has none).
     assert_eq!(cache_layers.len(), 5, "{manifest}");
+
+    // mode=min holds only the final stage's steps: its two layers.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(min.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let min_manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            min.join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(min_manifest["layers"].as_array().unwrap().len(), 2);
 
     for (name, from) in [
         ("store-b", format!("type=registry,ref={cache_ref}")),

@@ -259,6 +259,8 @@ impl Runner<'_> {
         // An imported record is a hit even though its layer is not here
         // yet: the blob is fetched only if something needs it.
         let rec = self.imported.lookup(key)?;
+        // Kept locally so the next build hits without the import; failing
+        // to write it only costs that.
         let _ = self.cache.put(&CacheKey::from(*key), &rec);
         Some(rec)
     }
