@@ -186,6 +186,25 @@ impl RegistryClient {
         })
     }
 
+    /// `GET path` with retries: each attempt that answers `200` is handed to
+    /// `read` (which consumes the body; a body that breaks off is retried
+    /// as a whole), any other status is an error for `what`.
+    pub(crate) fn get<T>(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        what: &str,
+        mut read: impl FnMut(Response<Body>) -> Result<T>,
+    ) -> Result<T> {
+        self.with_retries(what, || {
+            let resp = self.send_once(Method::GET, path, headers, Payload::None, what)?;
+            match resp.status().as_u16() {
+                200 => read(resp),
+                status => Err(self.status_error(resp, what, status)),
+            }
+        })
+    }
+
     /// Runs `op` until it succeeds, fails for good, or the attempts run
     /// out, sleeping with exponential backoff between attempts. The final
     /// transport error reports how many attempts were made.

@@ -9,11 +9,9 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use ureq::http::Method;
-
 use rbuild_cache::{BlobStore, Digest};
 
-use super::client::{Payload, RegistryClient};
+use super::client::RegistryClient;
 use super::error::{Error, Result};
 use super::manifest::{Descriptor, Kind, ManifestView, ACCEPT_MANIFESTS, MAX_MANIFEST_SIZE};
 use super::platform::Platform;
@@ -182,18 +180,8 @@ pub(crate) fn fetch_manifest(
 ) -> Result<FetchedManifest> {
     let what = format!("GET manifest {repository}:{reference}");
     let path = format!("/v2/{repository}/manifests/{reference}");
-    let (bytes, content_type, header_digest) = client.with_retries(&what, || {
-        let mut resp = client.send_once(
-            Method::GET,
-            &path,
-            &[("Accept", ACCEPT_MANIFESTS)],
-            Payload::None,
-            &what,
-        )?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(client.status_error(resp, &what, status));
-        }
+    let accept = [("Accept", ACCEPT_MANIFESTS)];
+    let (bytes, content_type, header_digest) = client.get(&path, &accept, &what, |mut resp| {
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -284,12 +272,7 @@ fn fetch_blob(
     let digest = desc.digest;
     let what = format!("GET blob {digest} from {repository}");
     let path = format!("/v2/{repository}/blobs/{digest}");
-    client.with_retries(&what, || {
-        let mut resp = client.send_once(Method::GET, &path, &[], Payload::None, &what)?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(client.status_error(resp, &what, status));
-        }
+    client.get(&path, &[], &what, |mut resp| {
         let mut writer = blobs.writer()?;
         // One byte more than announced, so an overlong body is detected
         // without reading an endless one.
