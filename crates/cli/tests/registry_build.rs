@@ -389,3 +389,48 @@ fn build_push_with_a_wrong_password_names_the_registry_and_stores_nothing() {
     });
     assert!(!out.status.success());
 }
+
+#[test]
+fn pull_flag_refreshes_a_stored_base_image() {
+    if !available() {
+        return;
+    }
+    // The registry lives as long as `_reg`.
+    let Setup {
+        reg: _reg,
+        w,
+        cfg,
+        base,
+    } = setup();
+    w.write("a.txt", "a\n");
+    w.dockerfile(&format!("FROM {base}\nCOPY a.txt /a.txt\n"));
+    let other = w.path("other");
+    let (first, _) = build_plain(&w, &other, &cfg, &[]);
+
+    // The tag moves on in the registry: a different image is pushed under
+    // the base's name.
+    w.write("Dockerfile.next", "FROM scratch\nCOPY a.txt /next.txt\n");
+    let next = w.ctx().join("Dockerfile.next");
+    build_plain(
+        &w,
+        &w.root(),
+        &cfg,
+        &["-f", next.to_str().unwrap(), "-t", &base, "--push"],
+    );
+
+    // Without --pull the stored base is used (the build is all cached);
+    // with it the registry's new image is.
+    let (again, progress) = build_plain(&w, &other, &cfg, &[]);
+    assert_eq!(again, first);
+    let (steps, cached) = steps_and_cached(&progress);
+    assert_eq!(steps, cached, "{progress}");
+    let (pulled, _) = build_plain(&w, &other, &cfg, &["--pull"]);
+    assert_ne!(pulled, first);
+    let out = run_ok(rbuild(&w, &other, &cfg, &["inspect", pulled.trim()]));
+    let image: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        image[0]["RootFS"]["Layers"].as_array().unwrap().len(),
+        2,
+        "scratch + COPY of the new base, then this build's COPY: {image}"
+    );
+}
