@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks rbuild against buildah on the same generated Dockerfiles.
 #
-# Usage: scripts/bench.sh [-n RUNS] [-w w1,w2,w3,w4] [--no-buildah] [WORKDIR]
+# Usage: scripts/bench.sh [-n RUNS] [-w w1,w2,w3,w4] [--no-buildah] [--scale F] [--gen-only]
+#                         [--rbuild BIN] [WORKDIR]
+#   -n RUNS       runs per measurement, median reported (default 3)
+#   -w LIST       workloads to run (default w1,w2,w3,w4)
+#   --no-buildah  measure rbuild only
+#   --scale F     workload size factor: w1 gets 20000*F files, w3 1 GiB*F (default 1; 0.05 for a quick check)
+#   --gen-only    only generate the workloads (and the base image tarball) and exit
+#   --rbuild BIN  use this rbuild binary instead of building it with cargo --release
 #
 # Workloads (all FROM a busybox base image made from Debian's busybox-static):
 #   w1  20,000 small files (~200 MB, nested, with a .dockerignore): COPY . /app, then a RUN counting files
@@ -21,25 +28,35 @@ repo=$(pwd)
 runs=3
 workloads=w1,w2,w3,w4
 with_buildah=1
+scale=1
+gen_only=0
+rbuild=
 while (($#)); do
     case $1 in
         -n) runs=$2; shift 2 ;;
         -w) workloads=$2; shift 2 ;;
         --no-buildah) with_buildah=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --scale) scale=$2; shift 2 ;;
+        --gen-only) gen_only=1; shift ;;
+        --rbuild) rbuild=$(realpath "$2"); shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
 work=${1:-/tmp/rbuild-bench}
+# scale_int N: N*scale rounded, at least 1.
+scale_int() { awk -v n="$1" -v s="$scale" 'BEGIN { v = int(n * s + 0.5); print (v < 1 ? 1 : v) }'; }
 
 scripts/install-test-deps.sh
-cargo build --release -p rbuild-cli --locked
-rbuild=$repo/target/release/rbuild
+if [[ -z $rbuild ]] && ((!gen_only)); then
+    cargo build --release -p rbuild-cli --locked
+    rbuild=${CARGO_TARGET_DIR:-$repo/target}/release/rbuild
+fi
 
 mkdir -p "$work"
 trash=$work/.trash
 mkdir -p "$trash"
-gen=$work/gen
+gen=$work/gen-x$scale
 base_tar=$work/busybox-rootfs.tar
 [[ -f $base_tar ]] || testdata/busybox-rootfs.sh "$base_tar"
 
@@ -48,12 +65,13 @@ gen_w1() {
     local d=$gen/w1
     [[ -f $d/.done ]] && return
     rm -rf "$d"; mkdir -p "$d"
-    python3 - "$d" <<'PY'
+    python3 - "$d" "$(scale_int 20)" <<'PY'
 import os, random, sys
 root = sys.argv[1]
+top = int(sys.argv[2])
 rng = random.Random(1)
 n = 0
-for a in range(20):
+for a in range(top):
     for b in range(25):
         dirp = os.path.join(root, "src", f"d{a:02}", f"e{b:02}")
         os.makedirs(dirp, exist_ok=True)
@@ -97,7 +115,7 @@ gen_w3() {
     local d=$gen/w3
     [[ -f $d/big.bin ]] && return
     mkdir -p "$d"
-    head -c $((1024 * 1024 * 1024)) /dev/urandom >"$d/big.bin.tmp"
+    head -c "$(scale_int $((1024 * 1024 * 1024)))" /dev/urandom >"$d/big.bin.tmp"
     mv "$d/big.bin.tmp" "$d/big.bin"
     cat >"$d/Dockerfile" <<'EOF'
 FROM busybox-base
@@ -178,7 +196,7 @@ measure() {
         $build "$cold" "$w"
         $build "$noop" "$w"
         if [[ $w == w1 ]]; then
-            echo "$RANDOM" >>"$gen/w1/src/d03/e07/f011.txt"
+            echo "$RANDOM" >>"$gen/w1/src/d00/e07/f011.txt"
             $build "$touch" "$w"
         fi
     done
@@ -192,6 +210,11 @@ measure() {
 results=$work/results.txt
 : >"$results"
 IFS=, read -r -a ws <<<"$workloads"
+if ((gen_only)); then
+    for w in "${ws[@]}"; do "gen_$w"; done
+    echo "workloads in $gen, base image tarball $base_tar"
+    exit 0
+fi
 for w in "${ws[@]}"; do
     "gen_$w"
     measure rb "$w" | tee -a "$results"

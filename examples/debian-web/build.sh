@@ -31,5 +31,8 @@ if [[ ! -f $base ]]; then
     mv "$base.tmp" "$base"
 fi
 "$rbuild" --root "$root/store" import "$base" debian-minbase:bookworm
+echo "cold build:" >&2
+time "$rbuild" --root "$root/store" build --progress plain -t debian-web:1 "$here"
+echo "no-op rebuild:" >&2
 time "$rbuild" --root "$root/store" build --progress plain -t debian-web:1 "$here"
 "$rbuild" --root "$root/store" inspect debian-web:1
