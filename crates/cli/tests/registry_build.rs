@@ -285,6 +285,28 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
             .any(|e| e == "DONE=1"));
     }
 
+    // A build that only imported can export again (the next CI machine's
+    // cache): the layers it never needed are fetched for the export.
+    let chain = w.path("chain-cache");
+    let (id_d, progress_d) = build_plain(
+        &w,
+        &w.path("store-d"),
+        &cfg,
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={cache_ref}"),
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", chain.display()),
+        ],
+    );
+    assert_eq!(id_d, id_a, "{progress_d}");
+    for d in &cache_layers {
+        let blob = chain
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        assert!(blob.is_file(), "{d} missing from the re-export");
+    }
+
     // The image from the cache is complete: push it from store B and read
     // it back.
     let out = run_ok(rbuild(

@@ -10,6 +10,17 @@
 //!
 //! Plain HTTP is used only for loopback registries and those listed in
 //! [`ClientOptions::insecure_registries`], as dockerd does.
+//!
+//! Why `ureq` and not `oci-client`: rbuild is synchronous (scoped OS
+//! threads, no async runtime), and `oci-client` needs tokio and buffers
+//! blobs in ways that do not fit streaming into the blob store with
+//! verification; `ureq` 3 is small, maintained, blocking, and streams
+//! request and response bodies. The distribution protocol on top of it
+//! (manifests, blobs, uploads, token flow) is a few hundred lines here.
+//!
+//! Besides whole-image [`pull`] and [`push`], [`fetch_image_manifest`] and
+//! [`fetch_blob_to_store`] read one manifest and single blobs, for callers
+//! that fetch lazily (the solver's cache import).
 
 mod auth;
 mod client;
