@@ -12,10 +12,10 @@
 //! [`ClientOptions::insecure_registries`], as dockerd does.
 //!
 //! Why `ureq` and not `oci-client`: rbuild is synchronous (scoped OS
-//! threads, no async runtime), and `oci-client` needs tokio and buffers
-//! blobs in ways that do not fit streaming into the blob store with
-//! verification; `ureq` 3 is small, maintained, blocking, and streams
-//! request and response bodies. The distribution protocol on top of it
+//! threads, no async runtime), and `oci-client` is async on tokio, which
+//! every caller would have to bring up; `ureq` 3 is small, maintained,
+//! blocking, and streams request and response bodies, so blobs go straight
+//! into the blob store's verifying writer. The distribution protocol on top of it
 //! (manifests, blobs, uploads, token flow) is a few hundred lines here.
 //!
 //! Besides whole-image [`pull`] and [`push`], [`fetch_image_manifest`] and
