@@ -212,6 +212,10 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
         &w.root(),
         &cfg,
         &[
+            // Nothing there yet: a warning, not a failure (the first build
+            // of a branch).
+            "--cache-from",
+            &format!("type=registry,ref={cache_ref}"),
             "--cache-to",
             &format!("type=registry,ref={cache_ref},mode=max"),
             "--cache-to",
@@ -223,6 +227,12 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
     let (steps, cached) = steps_and_cached(&progress_a);
     assert!(
         steps.len() >= 7 && cached.len() < steps.len(),
+        "{progress_a}"
+    );
+    assert!(
+        progress_a.contains(&format!(
+            "WARNING: importing cache from type=registry,ref={cache_ref}"
+        )),
         "{progress_a}"
     );
 
@@ -306,6 +316,43 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
             .join(d.trim_start_matches("sha256:"));
         assert!(blob.is_file(), "{d} missing from the re-export");
     }
+
+    // A RUN that misses after cached steps gets its parent layers fetched
+    // then; layers of the build stage are still not needed.
+    w.dockerfile(&format!(
+        "FROM {base} AS build\n\
+         RUN echo one > /one && cat /proc/sys/kernel/random/uuid > /stamp1\n\
+         COPY a.txt /a.txt\n\
+         RUN cat /a.txt /stamp1 /proc/sys/kernel/random/uuid > /two\n\
+         FROM {base}\n\
+         COPY --from=build /two /copied/two\n\
+         RUN cat /copied/two > /changed\n\
+         ENV DONE=1\n"
+    ));
+    let store_e = w.path("store-e");
+    let (_, progress_e) = build_plain(
+        &w,
+        &store_e,
+        &cfg,
+        &["--cache-from", &format!("type=registry,ref={cache_ref}")],
+    );
+    let (steps, cached) = steps_and_cached(&progress_e);
+    assert_eq!(
+        steps.len() - cached.len(),
+        2,
+        "the RUN and the ENV after it run:\n{progress_e}"
+    );
+    let here = |d: &str| {
+        store_e
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+            .is_file()
+    };
+    assert_eq!(
+        cache_layers.iter().filter(|d| here(d)).count(),
+        1,
+        "only COPY --from's layer"
+    );
 
     // The image from the cache is complete: push it from store B and read
     // it back.
