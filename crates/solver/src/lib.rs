@@ -8,6 +8,12 @@
 //! [`BuildError`] naming the step and Dockerfile line. Tagging the result is
 //! the caller's job (`Store::tag` with `BuildResult::manifest_digest`).
 //!
+//! Base images come from the store, or are pulled from their registries
+//! (always with `BuildRequest::pull`), for the stage's platform. The step
+//! cache can be shared between machines: `BuildRequest::cache_to` exports
+//! it to a registry or an OCI layout, `BuildRequest::cache_from` imports
+//! it, fetching layers only when a step or the final image needs them.
+//!
 //! ```no_run
 //! use rbuild_solver::{build, BuildRequest, NoProgress};
 //! let req = BuildRequest::new("examples/hello", "/tmp/rbuild-store");
