@@ -252,17 +252,7 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
     assert_eq!(cache_layers.len(), 5, "{manifest}");
 
     // mode=min holds only the final stage's steps: its two layers.
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(min.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let min_manifest: Value = serde_json::from_slice(
-        &std::fs::read(
-            min.join("blobs/sha256")
-                .join(digest.trim_start_matches("sha256:")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let min_manifest = layout_blob(&min, layout_manifest(&min).0);
     assert_eq!(min_manifest["layers"].as_array().unwrap().len(), 2);
 
     for (name, from) in [
@@ -502,4 +492,161 @@ fn pull_flag_refreshes_a_stored_base_image() {
         2,
         "scratch + COPY of the new base, then this build's COPY: {image}"
     );
+}
+
+/// The OCI layout `dir` written by `-o type=oci,tar=false`: its manifest's
+/// digest and size.
+fn layout_manifest(dir: &Path) -> (String, u64) {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let m = &index["manifests"][0];
+    (
+        m["digest"].as_str().unwrap().to_string(),
+        m["size"].as_u64().unwrap(),
+    )
+}
+
+/// A JSON blob of the OCI layout `dir`.
+fn layout_blob(dir: &Path, digest: impl AsRef<str>) -> Value {
+    let hex = digest.as_ref().trim_start_matches("sha256:").to_string();
+    serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+#[test]
+fn from_platform_pulls_that_platform_from_a_multi_platform_index() {
+    if !available() {
+        return;
+    }
+    let Setup { reg, w, cfg, .. } = setup();
+    let (host, other) = if cfg!(target_arch = "x86_64") {
+        ("amd64", "arm64")
+    } else {
+        ("arm64", "amd64")
+    };
+    // Two single-platform images, each marked with its architecture, made
+    // into one multi-platform index and pushed by skopeo.
+    let multi = w.path("multi");
+    std::fs::create_dir_all(multi.join("blobs/sha256")).unwrap();
+    let mut entries = Vec::new();
+    for arch in [host, other] {
+        w.write("arch.txt", &format!("{arch}\n"));
+        w.write(
+            &format!("Dockerfile.{arch}"),
+            "FROM scratch\nCOPY arch.txt /arch.txt\n",
+        );
+        let layout = w.path(&format!("layout-{arch}"));
+        let file = w.ctx().join(format!("Dockerfile.{arch}"));
+        build_plain(
+            &w,
+            &w.root(),
+            &cfg,
+            &[
+                "-f",
+                file.to_str().unwrap(),
+                "--platform",
+                &format!("linux/{arch}"),
+                "-o",
+                &format!("type=oci,dest={},tar=false,name=m:1", layout.display()),
+            ],
+        );
+        for blob in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let blob = blob.unwrap();
+            std::fs::copy(
+                blob.path(),
+                multi.join("blobs/sha256").join(blob.file_name()),
+            )
+            .unwrap();
+        }
+        let (digest, size) = layout_manifest(&layout);
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    let index_digest = sha256(&index);
+    std::fs::write(
+        multi
+            .join("blobs/sha256")
+            .join(index_digest.trim_start_matches("sha256:")),
+        &index,
+    )
+    .unwrap();
+    std::fs::write(
+        multi.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        multi.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index_digest,
+                "size": index.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "multi"},
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let name = format!("{}/multi/base:1", reg.host());
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{USER}:{PASSWORD}"),
+            &format!("oci:{}:multi", multi.display()),
+            &format!("docker://{name}"),
+        ],
+    );
+
+    // FROM --platform (through a predefined arg) picks that platform's
+    // image; the stage and the image are of that platform.
+    let fresh = w.path("fresh");
+    let build_arch = |dockerfile: &str, out: &str| -> (String, String) {
+        w.dockerfile(dockerfile);
+        let dest = w.path(out);
+        build_plain(
+            &w,
+            &fresh,
+            &cfg,
+            &[
+                "-o",
+                &format!("type=oci,dest={},tar=false,name=r:1", dest.display()),
+            ],
+        );
+        let rootfs = umoci_unpack(&dest, "1", &w.path(&format!("{out}-bundle")));
+        let manifest = layout_blob(&dest, layout_manifest(&dest).0);
+        let config = layout_blob(&dest, manifest["config"]["digest"].as_str().unwrap());
+        (
+            std::fs::read_to_string(rootfs.join("arch.txt")).unwrap(),
+            config["architecture"].as_str().unwrap().to_string(),
+        )
+    };
+    let (content, arch) = build_arch(
+        &format!("ARG P=linux/{other}\nFROM --platform=$P {name}\nENV X=1\n"),
+        "out-other",
+    );
+    assert_eq!((content.trim(), arch.as_str()), (other, other));
+    // The stored image of the other platform is not used for the host's:
+    // the host's is pulled.
+    let (content, arch) = build_arch(&format!("FROM {name}\nENV X=1\n"), "out-host");
+    assert_eq!((content.trim(), arch.as_str()), (host, host));
+    let (content, _) = build_arch(
+        &format!("FROM --platform=$BUILDPLATFORM {name}\nENV X=2\n"),
+        "out-build",
+    );
+    assert_eq!(content.trim(), host);
 }
