@@ -106,11 +106,13 @@ impl OutputSpec {
                     )
                     })?)
                 }
-                "push" => push = parse_bool(val).ok_or_else(|| {
-                    anyhow!(
+                "push" => {
+                    push = parse_bool(val).ok_or_else(|| {
+                        anyhow!(
                         "invalid value {val:?} for output attribute push: expected true or false"
                     )
-                })?,
+                    })?
+                }
                 "name" => names.extend(
                     val.split(',')
                         .map(str::trim)
