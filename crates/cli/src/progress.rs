@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rbuild_solver::{ProgressEvent, ProgressSink, StepInfo};
 
 /// How many output lines of a running step the tty view keeps on screen.
@@ -91,6 +91,29 @@ impl ProgressSink for Progress {
 /// display state is still usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The width of the terminal on stderr (80 when it cannot be told).
+fn term_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct owned by this frame.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    }
+}
+
+/// `line` cut to `width` characters, ending in `...` when cut.
+fn fit(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let keep = width.saturating_sub(3);
+    let mut out: String = line.chars().take(keep).collect();
+    out.push_str("...");
+    out
 }
 
 fn secs(d: Duration) -> String {
@@ -236,7 +259,6 @@ pub struct Tty {
     multi: MultiProgress,
     state: Mutex<TtyState>,
     running: ProgressStyle,
-    done: ProgressStyle,
     tail: ProgressStyle,
 }
 
@@ -247,7 +269,14 @@ struct TtyState {
     /// Finished steps in completion order: the final frame, printed when
     /// the live view is cleared (a rate-limited terminal may never have
     /// drawn their last state).
-    done: Vec<String>,
+    /// Each line is its text and its status (`CACHED`, `DONE 1.2s`), kept
+    /// apart so that cutting a long line to the terminal keeps the status.
+    done: Vec<(String, String)>,
+    /// Bars of finished steps. They live until the view is cleared: a
+    /// dropped bar becomes one of indicatif's "zombies", and a zombie at the
+    /// top of the view is left on screen for good, where the final frame
+    /// would then repeat it.
+    finished: Vec<ProgressBar>,
 }
 
 struct TtyStep {
@@ -267,9 +296,21 @@ impl Tty {
             multi,
             state: Mutex::new(TtyState::default()),
             running: style("{spinner:.cyan} {prefix:.bold} {wide_msg} {elapsed:>4}"),
-            done: style("  {prefix:.bold} {wide_msg}"),
             tail: style("{wide_msg:.dim}"),
         }
+    }
+
+    /// The style of a finished step: the instruction is cut to the width
+    /// of the terminal, never its status (`CACHED`, `DONE 1.2s`).
+    fn done_style(status: String) -> ProgressStyle {
+        ProgressStyle::with_template("  {prefix:.bold} {wide_msg} {status}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+            .with_key(
+                "status",
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&status);
+                },
+            )
     }
 
     fn step_bar(&self, step: &StepInfo, style: &ProgressStyle) -> ProgressBar {
@@ -277,7 +318,14 @@ impl Tty {
             .multi
             .add(ProgressBar::new_spinner().with_style(style.clone()));
         bar.set_prefix(format!("#{} {}", step.id, step.label()));
-        bar.set_message(step.instruction.clone());
+        // A heredoc RUN spans lines; the live view has one per step.
+        let mut lines = step.instruction.lines();
+        let first = lines.next().unwrap_or_default();
+        bar.set_message(if lines.next().is_some() {
+            format!("{first} ...")
+        } else {
+            first.to_string()
+        });
         bar
     }
 
@@ -299,13 +347,12 @@ impl Tty {
                 );
             }
             ProgressEvent::Cached(step) => {
-                let bar = self.step_bar(step, &self.done);
-                bar.finish_with_message(format!("{}  CACHED", step.instruction));
-                st.done.push(format!(
-                    "#{} {} {}  CACHED",
-                    step.id,
-                    step.label(),
-                    step.instruction
+                let bar = self.step_bar(step, &Self::done_style("CACHED".into()));
+                bar.finish();
+                st.finished.push(bar);
+                st.done.push((
+                    format!("#{} {} {}", step.id, step.label(), step.instruction),
+                    "CACHED".into(),
                 ));
             }
             ProgressEvent::Output(step, bytes) => {
@@ -315,8 +362,10 @@ impl Tty {
                 s.partial.extend_from_slice(bytes);
                 while let Some(nl) = s.partial.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = s.partial.drain(..=nl).collect();
-                    s.tail
-                        .push(String::from_utf8_lossy(&line[..nl]).into_owned());
+                    // One terminal line each: a wrapped line would make
+                    // the live view miscount what it has to redraw.
+                    let text = String::from_utf8_lossy(&line[..nl]).into_owned();
+                    s.tail.push(fit(&text, term_width().saturating_sub(4)));
                 }
                 let excess = s.tail.len().saturating_sub(TTY_TAIL_LINES);
                 s.tail.drain(..excess);
@@ -342,16 +391,14 @@ impl Tty {
                     if let Some(t) = s.tail_bar {
                         t.finish_and_clear();
                     }
-                    s.bar.set_style(self.done.clone());
                     s.bar
-                        .finish_with_message(format!("{}  DONE {}", step.instruction, secs(took)));
+                        .set_style(Self::done_style(format!("DONE {}", secs(took))));
+                    s.bar.finish();
+                    st.finished.push(s.bar);
                 }
-                st.done.push(format!(
-                    "#{} {} {}  DONE {}",
-                    step.id,
-                    step.label(),
-                    step.instruction,
-                    secs(took)
+                st.done.push((
+                    format!("#{} {} {}", step.id, step.label(), step.instruction),
+                    format!("DONE {}", secs(took)),
                 ));
             }
             ProgressEvent::Failed(step, message) => {
@@ -360,9 +407,9 @@ impl Tty {
                     if let Some(t) = s.tail_bar {
                         t.abandon();
                     }
-                    s.bar.set_style(self.done.clone());
                     s.bar
-                        .abandon_with_message(format!("{}  ERROR: {message}", step.instruction));
+                        .set_style(Self::done_style(format!("ERROR: {message}")));
+                    s.bar.abandon();
                 }
             }
             ProgressEvent::Warning(message) => {
@@ -384,18 +431,24 @@ impl Tty {
         if let Some(bar) = &st.export {
             bar.set_message(text.to_string());
         }
-        st.done.push(format!("{text} done"));
+        st.done.push((text.to_string(), "done".into()));
     }
 
     fn finish(&self, summary: &Summary) {
         let mut st = lock(&self.state);
+        // Stop the export spinner without a redraw of its own: a redraw the
+        // rate limit drops would leave the view's line count one short of
+        // what is on screen, and one stale line above the final frame.
         if let Some(bar) = st.export.take() {
-            bar.finish_and_clear();
+            bar.disable_steady_tick();
         }
         let _ = self.multi.clear();
+        let width = term_width();
         let mut err = std::io::stderr().lock();
-        for line in &st.done {
-            let _ = writeln!(err, "{line}");
+        for (text, status) in &st.done {
+            let first = text.lines().next().unwrap_or_default();
+            let room = width.saturating_sub(status.chars().count() + 2);
+            let _ = writeln!(err, "{}  {status}", fit(first, room));
         }
         let _ = writeln!(
             err,

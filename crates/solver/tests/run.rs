@@ -195,6 +195,66 @@ EOF
     );
 }
 
+/// Records which RUN steps started and finished, in order.
+#[derive(Default)]
+struct RunLog(std::sync::Mutex<Vec<String>>);
+
+impl rbuild_solver::ProgressSink for RunLog {
+    fn event(&self, event: rbuild_solver::ProgressEvent<'_>) {
+        let line = match event {
+            rbuild_solver::ProgressEvent::Started(s) if s.instruction.starts_with("RUN") => {
+                format!("start {}", s.stage_name)
+            }
+            rbuild_solver::ProgressEvent::Finished(s, _) if s.instruction.starts_with("RUN") => {
+                format!("finish {}", s.stage_name)
+            }
+            _ => return,
+        };
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+/// Independent stages run at the same time: each RUN waits (up to 30 s,
+/// then fails) for the other to show up in a shared cache mount, so they
+/// can only both succeed if they overlap, and the progress events show
+/// each one started before either finished.
+#[test]
+fn independent_stages_run_concurrently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = store_with_busybox(tmp.path()) else {
+        return;
+    };
+    let stage = |me: &str, other: &str| {
+        format!(
+            "FROM busybox:test AS {me}\n\
+             RUN --mount=type=cache,id=rendezvous,target=/sync \
+             touch /sync/{me}; i=0; \
+             while [ ! -e /sync/{other} ]; do i=$((i+1)); [ $i -lt 600 ] || exit 9; sleep 0.05; done; \
+             echo {me} > /{me}.txt\n"
+        )
+    };
+    let text = format!(
+        "{}{}FROM busybox:test\nCOPY --from=left /left.txt /\nCOPY --from=right /right.txt /\n",
+        stage("left", "right"),
+        stage("right", "left")
+    );
+    let mut req = request(tmp.path(), &root, &text);
+    req.jobs = 2;
+    let log = RunLog::default();
+    let r = build(&req, &log).unwrap();
+    assert_eq!(read_file(&root, &r.manifest_digest, "/left.txt"), "left\n");
+    assert_eq!(
+        read_file(&root, &r.manifest_digest, "/right.txt"),
+        "right\n"
+    );
+    let events = log.0.into_inner().unwrap();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(
+        events[..2].iter().all(|e| e.starts_with("start")),
+        "a RUN finished before the other started: {events:?}"
+    );
+}
+
 #[test]
 fn failing_run_reports_exit_code_and_output() {
     let tmp = tempfile::tempdir().unwrap();
