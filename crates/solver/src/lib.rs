@@ -43,7 +43,9 @@ pub use explain::{BuildRecord, Difference, FileChange, RecordedStep, StepExplain
 pub use graph::{BuildGraph, Edge, StepNode};
 pub use key::{FileInput, KeyInputs, ParentInput, SourceInput};
 pub use progress::{NoProgress, ProgressEvent, ProgressSink, StepInfo};
-pub use remote_cache::{CacheExport, CacheLocation, CacheMode, CACHE_CONFIG_MEDIA_TYPE};
+pub use remote_cache::{
+    CacheError, CacheExport, CacheLocation, CacheMode, CACHE_CONFIG_MEDIA_TYPE,
+};
 pub use request::{
     BuildRequest, CompressionChoice, DockerfileSource, NetworkMode, Platform, SecretSource,
     SnapshotterChoice,
@@ -382,9 +384,9 @@ fn run(
             &p.imported,
             &registry_options(request),
         )
-        .map_err(|source| BuildError::CacheExport {
+        .map_err(|e| BuildError::CacheExport {
             destination: export.location.to_string(),
-            source,
+            source: e.into(),
         })?;
     }
 

@@ -25,7 +25,6 @@ use rbuild_image::registry::{self, ClientOptions, RegistryClient};
 use rbuild_image::{LayerDescriptor, Reference};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Inner;
 use crate::exec::StepRecord;
 use crate::graph::BuildGraph;
 use crate::plan::{Base, Op, Plan};
@@ -36,6 +35,61 @@ pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.config.v
 
 /// The tag a local (OCI layout) cache is stored under when none is given.
 const DEFAULT_LOCAL_TAG: &str = "latest";
+
+/// Why a cache could not be imported or exported. Each variant names the
+/// file, layout or registry concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Reading or writing a file of an OCI layout failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A layout's `index.json` or a cache manifest is not valid.
+    #[error("{what}: {message}")]
+    Invalid {
+        /// The file or manifest.
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A layout has no cache under the requested tag.
+    #[error("{index} lists no manifest tagged {tag:?}")]
+    NoSuchTag {
+        /// The layout's `index.json`.
+        index: PathBuf,
+        /// The tag asked for.
+        tag: String,
+    },
+    /// The manifest found is not an rbuild step cache.
+    #[error("manifest {manifest} is not an rbuild cache (config media type {media_type:?})")]
+    NotACache {
+        /// The manifest's digest.
+        manifest: Digest,
+        /// Its config's media type.
+        media_type: String,
+    },
+    /// A `ref=` that is not an image reference.
+    #[error(transparent)]
+    Reference(#[from] rbuild_image::ReferenceError),
+    /// The registry failed (names the registry).
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// The local blob store failed (a blob whose bytes do not match its
+    /// digest is refused here).
+    #[error(transparent)]
+    Blob(#[from] rbuild_cache::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Where a step cache lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +170,7 @@ enum BlobSource {
 
 impl BlobSource {
     /// Copies one blob into `store`, verified against its digest.
-    fn fetch(&self, store: &BlobStore, digest: &Digest, size: u64) -> Result<(), Inner> {
+    fn fetch(&self, store: &BlobStore, digest: &Digest, size: u64) -> Result<(), CacheError> {
         match self {
             BlobSource::Registry { client, repository } => {
                 registry::fetch_blob_to_store(client, store, repository, digest, size)?;
@@ -131,13 +185,13 @@ impl BlobSource {
 
 /// Streams the file `from` into `store` as `digest`; a file whose bytes do
 /// not hash to `digest` is rejected and nothing is stored.
-fn copy_blob(from: &Path, store: &BlobStore, digest: &Digest) -> Result<(), Inner> {
+fn copy_blob(from: &Path, store: &BlobStore, digest: &Digest) -> Result<(), CacheError> {
     if store.contains(digest) {
         return Ok(());
     }
-    let mut src = File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut src = File::open(from).map_err(io_err(from))?;
     let mut writer = store.writer()?;
-    std::io::copy(&mut src, &mut writer).map_err(|e| format!("{}: {e}", from.display()))?;
+    std::io::copy(&mut src, &mut writer).map_err(io_err(from))?;
     writer.finish_verified(digest)?;
     Ok(())
 }
@@ -193,7 +247,7 @@ impl ImportedCache {
         &self,
         store: &BlobStore,
         layers: &[LayerDescriptor],
-    ) -> Result<(), Inner> {
+    ) -> Result<(), CacheError> {
         for l in layers {
             if store.contains(&l.digest) {
                 continue;
@@ -211,7 +265,7 @@ fn open_source(
     loc: &CacheLocation,
     options: &ClientOptions,
     store: &BlobStore,
-) -> Result<(BlobSource, Manifest, CacheConfig), Inner> {
+) -> Result<(BlobSource, Manifest, CacheConfig), CacheError> {
     let (source, bytes) = match loc {
         CacheLocation::Registry { reference } => {
             let r = Reference::parse(reference)?;
@@ -230,37 +284,51 @@ fn open_source(
         }
         CacheLocation::Local { dir, tag } => {
             let index_path = dir.join("index.json");
-            let data =
-                std::fs::read(&index_path).map_err(|e| format!("{}: {e}", index_path.display()))?;
-            let index = Index::from_json(&data)?;
+            let data = std::fs::read(&index_path).map_err(io_err(&index_path))?;
+            let index = Index::from_json(&data).map_err(|message| CacheError::Invalid {
+                what: index_path.display().to_string(),
+                message,
+            })?;
             let entry = index
                 .manifests
                 .iter()
                 .find(|d| d.annotations.get(ANNOTATION_REF_NAME) == Some(tag))
-                .ok_or_else(|| {
-                    format!("{} lists no manifest tagged {tag:?}", index_path.display())
+                .ok_or_else(|| CacheError::NoSuchTag {
+                    index: index_path.clone(),
+                    tag: tag.clone(),
                 })?;
             let blobs = dir.join("blobs").join("sha256");
             let path = blobs.join(entry.digest.hex());
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if Digest::of_bytes(&bytes) != entry.digest {
-                return Err(format!("{} does not match its digest", path.display()).into());
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            let actual = Digest::of_bytes(&bytes);
+            if actual != entry.digest {
+                return Err(CacheError::Blob(rbuild_cache::Error::DigestMismatch {
+                    expected: entry.digest,
+                    actual,
+                }));
             }
             (BlobSource::Local { blobs }, bytes)
         }
     };
-    let manifest = Manifest::from_json(&bytes)?;
+    let manifest_digest = Digest::of_bytes(&bytes);
+    let manifest = Manifest::from_json(&bytes).map_err(|message| CacheError::Invalid {
+        what: format!("manifest {manifest_digest}"),
+        message,
+    })?;
     if manifest.config.media_type != CACHE_CONFIG_MEDIA_TYPE {
-        return Err(format!(
-            "not an rbuild cache (config media type {:?})",
-            manifest.config.media_type
-        )
-        .into());
+        return Err(CacheError::NotACache {
+            manifest: manifest_digest,
+            media_type: manifest.config.media_type,
+        });
     }
     // The config is small and needed at once: fetch it through the store,
     // which verifies it, then read it back.
     source.fetch(store, &manifest.config.digest, manifest.config.size)?;
-    let config: CacheConfig = serde_json::from_slice(&store.read(&manifest.config.digest)?)?;
+    let config: CacheConfig = serde_json::from_slice(&store.read(&manifest.config.digest)?)
+        .map_err(|e| CacheError::Invalid {
+            what: format!("cache config {}", manifest.config.digest),
+            message: e.to_string(),
+        })?;
     Ok((source, manifest, config))
 }
 
@@ -310,7 +378,7 @@ pub(crate) fn export(
     store: &BlobStore,
     imported: &ImportedCache,
     options: &ClientOptions,
-) -> Result<Digest, Inner> {
+) -> Result<Digest, CacheError> {
     let mut layers: Vec<LayerDescriptor> = Vec::new();
     for rec in records.values() {
         if let Some(l) = &rec.layer {
@@ -322,7 +390,8 @@ pub(crate) fn export(
     imported.ensure_layers(store, &layers)?;
     let config = serde_json::to_vec(&CacheConfig {
         records: records.clone(),
-    })?;
+    })
+    .expect("a cache config always serialises (string keys only)");
     let config_digest = store.put_bytes(&config)?;
     let manifest = Manifest {
         schema_version: 2,
@@ -359,7 +428,7 @@ fn write_layout(
     manifest: &Manifest,
     manifest_digest: &Digest,
     manifest_json: &[u8],
-) -> Result<(), Inner> {
+) -> Result<(), CacheError> {
     let layout = BlobStore::open(dir)?;
     for d in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
         copy_blob(&store.path(&d.digest), &layout, &d.digest)?;
@@ -370,9 +439,12 @@ fn write_layout(
     rbuild_cache::write_atomic(&dir.join("oci-layout"), OCI_LAYOUT.as_bytes())?;
     let index_path = dir.join("index.json");
     let mut index = match std::fs::read(&index_path) {
-        Ok(data) => Index::from_json(&data)?,
+        Ok(data) => Index::from_json(&data).map_err(|message| CacheError::Invalid {
+            what: index_path.display().to_string(),
+            message,
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
-        Err(e) => return Err(format!("{}: {e}", index_path.display()).into()),
+        Err(e) => return Err(io_err(&index_path)(e)),
     };
     index
         .manifests
@@ -499,9 +571,16 @@ mod tests {
         std::fs::write(&blob, b"tampered").unwrap();
         let b = BlobStore::open(&dir.path().join("b")).unwrap();
         let imported = ImportedCache::load(&[loc], &opts, &b, &mut Vec::new());
-        assert!(imported
+        let err = imported
             .ensure_layers(&b, std::slice::from_ref(&l))
-            .is_err());
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CacheError::Blob(rbuild_cache::Error::DigestMismatch { .. })
+            ),
+            "{err}"
+        );
         assert!(!b.contains(&l.digest));
     }
 }
