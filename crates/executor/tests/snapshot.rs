@@ -114,6 +114,59 @@ fn overlay_and_native_layers_match_and_hold_the_change() {
     assert!(tmp.is_empty(), "temp dirs left behind: {tmp:?}");
 }
 
+/// A RUN that rewrites one file of a hardlinked pair from a lower layer:
+/// overlayfs (without `index`) copies up only that path, so the link is
+/// broken and the other name keeps the old content. The native snapshotter
+/// must give the same rootfs and the same layer, byte for byte.
+#[test]
+fn rewriting_one_name_of_a_lower_hardlink_pair_matches_overlay() {
+    let Some(env) = env() else { return };
+    let lower = {
+        let snap = env
+            .snapshotter(SnapshotterKind::Overlay)
+            .prepare(std::slice::from_ref(&env.base))
+            .unwrap();
+        fs::write(snap.rootfs().join("tmp/h1"), b"original\n").unwrap();
+        fs::hard_link(snap.rootfs().join("tmp/h1"), snap.rootfs().join("tmp/h2")).unwrap();
+        snap.commit(&opts()).unwrap().expect("a layer")
+    };
+    let chain = [env.base.clone(), lower];
+    let mut digests = Vec::new();
+    for kind in [SnapshotterKind::Overlay, SnapshotterKind::Native] {
+        let snap = env.snapshotter(kind).prepare(&chain).unwrap();
+        fs::write(snap.rootfs().join("tmp/h1"), b"changed\n").unwrap();
+        assert_eq!(
+            fs::read(snap.rootfs().join("tmp/h2")).unwrap(),
+            b"original\n",
+            "{kind}: the other name keeps its content"
+        );
+        let desc = snap.commit(&opts()).unwrap().expect("a layer");
+        let l = layer(&env.blobs, &desc);
+        let paths: Vec<&str> = l.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["tmp", "tmp/h1"], "{kind}");
+        assert_eq!(l["tmp/h1"].kind, 'f', "{kind}");
+        assert_eq!(l["tmp/h1"].data, b"changed\n", "{kind}");
+        digests.push((desc.diff_id, desc.digest));
+    }
+    assert_eq!(digests[0], digests[1], "overlay and native layers differ");
+
+    // A new name for a lower file: overlayfs copies the file up to link it.
+    let mut digests = Vec::new();
+    for kind in [SnapshotterKind::Overlay, SnapshotterKind::Native] {
+        let snap = env.snapshotter(kind).prepare(&chain).unwrap();
+        fs::hard_link(snap.rootfs().join("tmp/h1"), snap.rootfs().join("tmp/h3")).unwrap();
+        let desc = snap.commit(&opts()).unwrap().expect("a layer");
+        let l = layer(&env.blobs, &desc);
+        let paths: Vec<&str> = l.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["tmp", "tmp/h3"], "{kind}");
+        digests.push((desc.diff_id, desc.digest));
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "overlay and native layers differ on ln"
+    );
+}
+
 #[test]
 fn layers_stack_and_whiteouts_hide() {
     let Some(env) = env() else { return };

@@ -243,7 +243,10 @@ impl Snapshotter {
                 let rootfs = dir.path.join("rootfs");
                 io_ctx(&rootfs, fs::create_dir(&rootfs))?;
                 if let Some(flat) = self.ensure_flat(parent)? {
-                    io_ctx(&rootfs, tree::clone_tree(&flat, &rootfs))?;
+                    io_ctx(
+                        &rootfs,
+                        tree::clone_tree(&flat, &rootfs, tree::Hardlinks::Split),
+                    )?;
                 }
                 let idents = diff::dir_identities(&rootfs)?;
                 Ok(ActiveSnapshot {
@@ -399,7 +402,10 @@ impl Snapshotter {
         let start = match base {
             Some(i) => {
                 let src = self.native_dir().join(ids[i].hex());
-                io_ctx(&src, tree::clone_tree(&src, &tmp.path))?;
+                io_ctx(
+                    &src,
+                    tree::clone_tree(&src, &tmp.path, tree::Hardlinks::Keep),
+                )?;
                 i + 1
             }
             None => 0,

@@ -13,17 +13,29 @@ use std::path::Path;
 
 use crate::diff::{cstring, read_xattrs};
 
+/// Whether names that share an inode in the source share one in the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hardlinks {
+    /// Keep them linked (a flattened chain of layers, read as it is).
+    Keep,
+    /// Give each name its own copy, as overlayfs does when it copies one
+    /// name of a lower hardlink up (it has no `index` here): writing one
+    /// name of a base layer's pair must leave the other as it was.
+    Split,
+}
+
 /// Copies the contents of directory `src` into the existing directory `dst`,
 /// then gives `dst` the metadata of `src`.
-pub(crate) fn clone_tree(src: &Path, dst: &Path) -> io::Result<()> {
+pub(crate) fn clone_tree(src: &Path, dst: &Path, hardlinks: Hardlinks) -> io::Result<()> {
     let mut links = HashMap::new();
-    clone_dir(src, dst, &mut links)?;
+    clone_dir(src, dst, hardlinks, &mut links)?;
     copy_meta(src, dst, &fs::symlink_metadata(src)?)
 }
 
 fn clone_dir(
     src: &Path,
     dst: &Path,
+    hardlinks: Hardlinks,
     links: &mut HashMap<(u64, u64), std::path::PathBuf>,
 ) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
@@ -34,9 +46,9 @@ fn clone_dir(
         let ft = md.file_type();
         if ft.is_dir() {
             fs::create_dir(&d)?;
-            clone_dir(&s, &d, links)?;
+            clone_dir(&s, &d, hardlinks, links)?;
         } else if ft.is_file() {
-            if md.nlink() > 1 {
+            if md.nlink() > 1 && hardlinks == Hardlinks::Keep {
                 if let Some(first) = links.get(&(md.dev(), md.ino())) {
                     fs::hard_link(first, &d)?;
                     continue;
