@@ -74,9 +74,11 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// `rbuild check [--repair]`: prints every problem; without `--repair`
-/// fails when there is any, with it removes them and fails only when
-/// something could not be removed.
+/// `rbuild check [--repair]`: prints every problem as `damage: ...`
+/// (corrupt or broken content) or `leftover: ...` (what a killed process
+/// leaves: temp files, stale leases and mounts); without `--repair` fails
+/// when there is any, with it removes them and fails only when something
+/// could not be removed.
 pub fn check(root: &Path, args: &CheckArgs) -> Result<()> {
     let store = if args.repair {
         Store::open_exclusive(root)
@@ -106,8 +108,14 @@ pub fn check(root: &Path, args: &CheckArgs) -> Result<()> {
             .into_iter()
             .map(Finding::Store),
     );
+    // Damage is what a crash must never cause; leftovers of killed
+    // processes are expected and `--repair` clears them.
     for f in &findings {
-        println!("{f}");
+        let kind = match f {
+            Finding::Store(p) if p.is_corruption() => "damage",
+            _ => "leftover",
+        };
+        println!("{kind}: {f}");
     }
     if !args.repair {
         return match findings.len() {
@@ -298,7 +306,7 @@ pub fn prune(root: &Path, args: &PruneArgs) -> Result<()> {
             continue;
         }
         let size = dir_size(&s.path);
-        remove_dir(&s.path)?;
+        remove_dir(root, &s.path)?;
         reclaimed += size;
         removed.push(format!("deleted snapshot {}", s.path.display()));
     }
@@ -311,7 +319,7 @@ pub fn prune(root: &Path, args: &PruneArgs) -> Result<()> {
                 continue;
             };
             let size = dir_size(&m);
-            remove_dir(&m)?;
+            remove_dir(root, &m)?;
             let _ = fs::remove_file(&lock);
             reclaimed += size;
             removed.push(format!("deleted cache mount {}", m.display()));
@@ -420,12 +428,24 @@ fn dir_size(path: &Path) -> u64 {
     total
 }
 
-fn remove_dir(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(anyhow!("removing {}: {e}", path.display())),
+/// Removes a snapshot or cache-mount directory: first renamed into the
+/// store's `tmp/` (atomic), so a prune killed half-way never leaves a
+/// half-deleted tree under a name a build would use; a leftover in `tmp/`
+/// is a stray temp file for `check --repair`.
+fn remove_dir(root: &Path, path: &Path) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let doomed = root.join("tmp").join(format!(
+        "{}prune-{}-{}",
+        rbuild_cache::TEMP_PREFIX,
+        std::process::id(),
+        name.unwrap_or_default()
+    ));
+    match fs::rename(path, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!("moving {} aside: {e}", path.display())),
     }
+    fs::remove_dir_all(&doomed).map_err(|e| anyhow!("removing {}: {e}", doomed.display()))
 }
 
 /// Mount points at or below the store root, innermost first (from
