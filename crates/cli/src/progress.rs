@@ -193,6 +193,13 @@ impl Plain {
             ProgressEvent::Warning(message) => {
                 let _ = writeln!(self.out, "\nWARNING: {message}");
             }
+            // Pulls happen before the steps are numbered: they are #0.
+            ProgressEvent::Pulling { image, platform } => {
+                let _ = writeln!(self.out, "#0 pulling {image} for {platform}");
+            }
+            ProgressEvent::Pulled { image, manifest } => {
+                let _ = writeln!(self.out, "#0 pulled {image}@{manifest} done");
+            }
             ProgressEvent::Exporting => {
                 let id = self.last_id + 1;
                 self.export = Some((id, Instant::now()));
@@ -414,6 +421,14 @@ impl Tty {
             }
             ProgressEvent::Warning(message) => {
                 let _ = self.multi.println(format!("WARNING: {message}"));
+            }
+            ProgressEvent::Pulling { image, platform } => {
+                let _ = self
+                    .multi
+                    .println(format!("pulling {image} for {platform}"));
+            }
+            ProgressEvent::Pulled { image, manifest } => {
+                let _ = self.multi.println(format!("pulled {image}@{manifest}"));
             }
             ProgressEvent::Exporting => {
                 let bar = self

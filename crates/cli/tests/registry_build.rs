@@ -266,6 +266,12 @@ fn a_second_store_builds_entirely_from_an_exported_cache() {
         let done = progress.lines().filter(|l| l.contains(" DONE ")).count();
         assert_eq!(done, 1, "{name}: nothing but the export ran:\n{progress}");
         assert_eq!(id, id_a, "{name}: same image as the first store");
+        // The empty store pulled the base, and said so.
+        assert!(
+            progress.contains(&format!("#0 pulling {base} for linux/"))
+                && progress.contains(&format!("#0 pulled {base}@sha256:")),
+            "{progress}"
+        );
         // Layers are fetched only when needed: the build stage's own layers
         // (RUN echo one, COPY a.txt, RUN cat) are not part of the image and
         // stay in the cache; the final image's layers are all here.

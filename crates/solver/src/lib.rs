@@ -62,7 +62,7 @@ pub fn build(
     request: &BuildRequest,
     progress: &dyn ProgressSink,
 ) -> Result<BuildResult, BuildError> {
-    let prepared = prepare(request)?;
+    let prepared = prepare(request, progress)?;
     let (lease, keys) = take_lease(request, &prepared.graph)?;
     let result = run(request, prepared, progress);
     // Records hit or written now count as recently used for `prune`.
@@ -110,7 +110,7 @@ fn take_lease(
 /// anything (for `rbuild graph`): the step DAG with keys, and whether each
 /// key is in the cache.
 pub fn graph(request: &BuildRequest) -> Result<(BuildGraph, Vec<bool>), BuildError> {
-    let p = prepare(request)?;
+    let p = prepare(request, &NoProgress)?;
     let cached = p
         .graph
         .graph
@@ -176,7 +176,7 @@ fn read_dockerfile(request: &BuildRequest) -> Result<(String, String, Option<Str
     }
 }
 
-fn prepare(request: &BuildRequest) -> Result<Prepared, BuildError> {
+fn prepare(request: &BuildRequest, progress: &dyn ProgressSink) -> Result<Prepared, BuildError> {
     let (name, text, ignore) = read_dockerfile(request)?;
     let df = rbuild_parser::parse(&text).map_err(|e| BuildError::Parse {
         name: name.clone(),
@@ -193,6 +193,7 @@ fn prepare(request: &BuildRequest) -> Result<Prepared, BuildError> {
         store: &store,
         always_pull: request.pull,
         options: registry_options(request),
+        progress,
     };
     let resolve =
         |image: &str, platform: &Platform, line: usize| bases.resolve(image, platform, line);

@@ -69,6 +69,21 @@ pub enum ProgressEvent<'a> {
     /// A non-fatal problem, like Docker's `[Warning] One or more build-args
     /// ... were not consumed`.
     Warning(&'a str),
+    /// A base image is being pulled from its registry (while the build is
+    /// planned, before any step runs).
+    Pulling {
+        /// The image as the Dockerfile names it (after expansion).
+        image: &'a str,
+        /// The platform pulled (`linux/amd64`).
+        platform: &'a str,
+    },
+    /// A base image was pulled.
+    Pulled {
+        /// The image as the Dockerfile names it.
+        image: &'a str,
+        /// The manifest digest the build uses.
+        manifest: &'a Digest,
+    },
     /// The final image is being written.
     Exporting,
     /// The final image was written.

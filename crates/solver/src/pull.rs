@@ -8,6 +8,7 @@ use rbuild_image::{Image, ImageConfig, Reference, Store};
 
 use crate::error::BuildError;
 use crate::plan::BaseImage;
+use crate::progress::{ProgressEvent, ProgressSink};
 use crate::request::Platform;
 
 /// How base images are found for one build.
@@ -18,6 +19,8 @@ pub(crate) struct BaseImages<'a> {
     pub always_pull: bool,
     /// Registry client settings (insecure registries, credentials file).
     pub options: ClientOptions,
+    /// Where pulls are reported.
+    pub progress: &'a dyn ProgressSink,
 }
 
 impl BaseImages<'_> {
@@ -57,6 +60,10 @@ impl BaseImages<'_> {
                 source: Box::new(e),
             },
         };
+        self.progress.event(ProgressEvent::Pulling {
+            image: name,
+            platform: &platform.to_string(),
+        });
         let img = registry::pull(
             self.store,
             &reference,
@@ -64,6 +71,10 @@ impl BaseImages<'_> {
             &self.options,
         )
         .map_err(pull_err)?;
+        self.progress.event(ProgressEvent::Pulled {
+            image: name,
+            manifest: &img.manifest_digest,
+        });
         Ok(Some(base_image(name, img)))
     }
 }
