@@ -197,7 +197,13 @@ struct State<'a> {
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
     words_buf: String,
+    /// How many `${...}` enclose the current position: each level recurses,
+    /// so hostile nesting must end in an error, not a stack overflow.
+    depth: usize,
 }
+
+/// Deepest `${...}` nesting expanded; real Dockerfiles nest two or three.
+const MAX_SUBSTITUTION_DEPTH: usize = 100;
 
 impl<'a> State<'a> {
     fn new(lex: &'a Lexer, word: &str, env: &'a dyn Env, capture: bool) -> Self {
@@ -216,6 +222,7 @@ impl<'a> State<'a> {
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
             words_buf: String::new(),
+            depth: 0,
         }
     }
 
@@ -427,6 +434,18 @@ impl<'a> State<'a> {
     }
 
     fn process_dollar(&mut self) -> Result<String, String> {
+        if self.depth >= MAX_SUBSTITUTION_DEPTH {
+            return Err(format!(
+                "syntax error: substitutions nested more than {MAX_SUBSTITUTION_DEPTH} deep"
+            ));
+        }
+        self.depth += 1;
+        let r = self.process_dollar_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn process_dollar_inner(&mut self) -> Result<String, String> {
         self.next();
         if self.peek() != Some('{') {
             let name = self.process_name();
