@@ -148,11 +148,6 @@ fn respond(conn: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[
     let _ = conn.write_all(body);
 }
 
-fn base64_of(data: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
 /// The files a registry serves for one image of `layout` in `repo:tag`.
 fn serve_image(
     layout: &Layout,

@@ -209,7 +209,7 @@ pub fn run(program: &str, args: &[String]) -> Vec<u8> {
 /// using it with quick retries.
 pub fn options_with_login(host: &str) -> (tempfile::TempDir, ClientOptions) {
     let dir = tempfile::tempdir().unwrap();
-    let auth = base64_encode(format!("{USER}:{PASSWORD}").as_bytes());
+    let auth = base64_of(format!("{USER}:{PASSWORD}").as_bytes());
     fs::write(
         dir.path().join("config.json"),
         format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
@@ -242,25 +242,10 @@ pub fn quick_retries() -> RetryPolicy {
     }
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// Standard base64, as docker's config.json stores `user:password`.
+pub fn base64_of(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// One image in an OCI layout made by [`Layout`].
