@@ -33,7 +33,15 @@ impl BaseImages<'_> {
         platform: &Platform,
         line: usize,
     ) -> Result<Option<BaseImage>, BuildError> {
-        if !self.always_pull {
+        // An image ID (`sha256:...`) has no registry to pull from, even
+        // with --pull (the reference grammar would read it as repository
+        // `sha256` with a tag).
+        let reference = if name.starts_with("sha256:") {
+            None
+        } else {
+            Reference::parse(name).ok()
+        };
+        if !self.always_pull || reference.is_none() {
             let found = self
                 .store
                 .resolve(name)
@@ -44,7 +52,7 @@ impl BaseImages<'_> {
                 return Ok(Some(base_image(name, img)));
             }
         }
-        let Ok(reference) = Reference::parse(name) else {
+        let Some(reference) = reference else {
             return Ok(None);
         };
         let pull_err = |e: registry::Error| match e {
@@ -122,6 +130,28 @@ mod tests {
             variant: variant.map(String::from),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn image_ids_resolve_in_the_store_even_with_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let img = store
+            .put_image(&config("linux", "amd64", None), &[])
+            .unwrap();
+        store.register(&img.manifest_digest).unwrap();
+        let bases = BaseImages {
+            store: &store,
+            always_pull: true,
+            options: ClientOptions::default(),
+            progress: &crate::progress::NoProgress,
+        };
+        let id = img.config_digest.to_string();
+        let found = bases
+            .resolve(&id, &Platform::parse("linux/amd64").unwrap(), 1)
+            .unwrap()
+            .expect("found by ID");
+        assert_eq!(found.manifest_digest, img.manifest_digest);
     }
 
     #[test]
