@@ -453,6 +453,27 @@ fn build_push_with_a_wrong_password_names_the_registry_and_stores_nothing() {
         c
     });
     assert!(!out.status.success());
+
+    // A cache export with the wrong password fails the same way.
+    let cache = format!("{}/cache/denied:1", reg.host());
+    let err = run_fails(rbuild(
+        &w,
+        &w.root(),
+        &wrong,
+        &[
+            "build",
+            "-q",
+            "--cache-to",
+            &format!("type=registry,ref={cache}"),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains(&format!("exporting cache to type=registry,ref={cache}"))
+            && err.contains(&reg.host())
+            && err.contains("unauthorized"),
+        "{err}"
+    );
 }
 
 #[test]
