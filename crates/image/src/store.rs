@@ -265,13 +265,18 @@ impl Store {
     fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let _lock = self.lock_index()?;
         let mut index = self.index()?;
+        let before = index.to_json();
         let out = f(&mut index)?;
         // Named entries by name, then untagged ones by digest: equal
         // contents give equal files.
         index.manifests.sort_by(|a, b| {
             (entry_name(a).is_none(), entry_key(a)).cmp(&(entry_name(b).is_none(), entry_key(b)))
         });
-        write_atomic(&self.index_path(), &index.to_json())?;
+        let after = index.to_json();
+        // Re-tagging a rebuilt image changes nothing: no write, no fsync.
+        if after != before {
+            write_atomic(&self.index_path(), &after)?;
+        }
         Ok(out)
     }
 

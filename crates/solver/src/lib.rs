@@ -287,7 +287,13 @@ fn run(
             .map_err(store_err)?;
     let target_name = p.plan.stages[p.plan.target].name.clone();
     let record_path = BuildRecord::path(&request.root, &p.identity, &target_name);
-    let previous = BuildRecord::load(&record_path);
+    // Only `--explain` compares with the previous build; the record of a
+    // big context is megabytes of JSON, too much to parse for nothing.
+    let previous = if request.explain {
+        BuildRecord::load(&record_path)
+    } else {
+        BuildRecord::default()
+    };
     let created = request.source_date_epoch.map(|e| {
         rbuild_image::config::rfc3339(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(e).unwrap_or(0)),
@@ -407,10 +413,13 @@ fn run(
         reports.extend(r.reports.iter().cloned());
     }
     if let Ok(json) = serde_json::to_vec(&record) {
-        if let Some(dir) = record_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| store_err(Box::new(e)))?;
+        // A no-op rebuild leaves the record as it was: no write, no fsync.
+        if std::fs::read(&record_path).ok().as_deref() != Some(json.as_slice()) {
+            if let Some(dir) = record_path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| store_err(Box::new(e)))?;
+            }
+            rbuild_cache::write_atomic(&record_path, &json).map_err(store_err)?;
         }
-        rbuild_cache::write_atomic(&record_path, &json).map_err(store_err)?;
     }
     Ok(BuildResult {
         manifest_digest: image.manifest_digest,
