@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::{write_atomic, TEMP_PREFIX};
 use crate::error::{Error, Result};
-use crate::lock::FileLock;
+use crate::lock::{FileLock, Probe};
 use crate::Digest;
 
 /// What a lease protects, as stored in `<id>.json`.
@@ -186,18 +186,18 @@ fn random_suffix(temp_path: &Path) -> String {
 pub fn live_leases(store_root: &Path) -> Result<Vec<LiveLease>> {
     let mut out = Vec::new();
     for (id, lock_path, json) in lease_files(store_root)? {
-        // Taking the lock would mean its holder is gone.
-        match FileLock::try_exclusive(&lock_path)? {
-            Some(_stale) => continue,
-            None => {
-                let record = match fs::read(&json) {
-                    Ok(data) => serde_json::from_slice(&data).unwrap_or_default(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => LeaseRecord::default(),
-                    Err(e) => return Err(Error::io("read", json, e)),
-                };
-                out.push(LiveLease { id, record });
-            }
+        // Only a held lock is a live lease: a missing one has just been
+        // released by a finished build, a free one belongs to a dead one.
+        // Probing never creates a lock file a finished build removed.
+        if !matches!(FileLock::probe(&lock_path)?, Probe::Busy) {
+            continue;
         }
+        let record = match fs::read(&json) {
+            Ok(data) => serde_json::from_slice(&data).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => LeaseRecord::default(),
+            Err(e) => return Err(Error::io("read", json, e)),
+        };
+        out.push(LiveLease { id, record });
     }
     Ok(out)
 }
@@ -225,10 +225,10 @@ pub fn stale_leases(store_root: &Path) -> Result<Vec<PathBuf>> {
         }
         if let Some(stem) = name.strip_suffix(".json") {
             let lock = dir.join(format!("{stem}.lock"));
-            if !lock.exists() || FileLock::try_exclusive(&lock)?.is_some() {
+            if !matches!(FileLock::probe(&lock)?, Probe::Busy) {
                 out.push(path);
             }
-        } else if !name.ends_with(".lock") || FileLock::try_exclusive(&path)?.is_some() {
+        } else if !name.ends_with(".lock") || matches!(FileLock::probe(&path)?, Probe::Free(_)) {
             // An unheld lock, or a file that is no part of a lease.
             out.push(path);
         }
@@ -246,9 +246,9 @@ pub fn remove_stale_leases(store_root: &Path) -> Result<Vec<PathBuf>> {
         // removed it, which is fine, but a lock file is only removed while
         // this process holds it.
         let guard = if path.extension().is_some_and(|e| e == "lock") {
-            match FileLock::try_exclusive(&path)? {
-                Some(g) => Some(g),
-                None => continue,
+            match FileLock::probe(&path)? {
+                Probe::Free(g) => Some(g),
+                Probe::Busy | Probe::Missing => continue,
             }
         } else {
             None

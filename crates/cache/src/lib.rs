@@ -23,5 +23,5 @@ pub use index::{record_blobs, record_digests, CacheIndex, CacheKey};
 pub use lease::{
     lease_dir, live_leases, remove_stale_leases, stale_leases, Lease, LeaseRecord, LiveLease,
 };
-pub use lock::{lock_path, FileLock};
+pub use lock::{lock_path, FileLock, Probe};
 pub use statcache::StatCache;

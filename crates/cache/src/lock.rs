@@ -24,6 +24,17 @@ pub fn lock_path(store_root: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir.join(format!("{name}.lock")))
 }
 
+/// What [`FileLock::probe`] found.
+#[derive(Debug)]
+pub enum Probe {
+    /// The lock file does not exist.
+    Missing,
+    /// Another open file description holds a lock on it.
+    Busy,
+    /// Nobody held it; it is now held exclusively by the returned lock.
+    Free(FileLock),
+}
+
 /// A held advisory lock on a lock file; released on drop (or process exit).
 #[derive(Debug)]
 pub struct FileLock {
@@ -56,6 +67,24 @@ impl FileLock {
         }
     }
 
+    /// Tries an exclusive lock on an existing lock file without creating
+    /// it: tells a lock file that is gone from one that is held (its holder
+    /// is alive) and from one nobody holds (its holder died).
+    pub fn probe(path: &Path) -> Result<Probe> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::Missing),
+            Err(e) => return Err(Error::io("open lock file", path, e)),
+        };
+        match Self::lock(file, path, FlockOperation::NonBlockingLockExclusive) {
+            Ok(l) => Ok(Probe::Free(l)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+                Ok(Probe::Busy)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -69,6 +98,10 @@ impl FileLock {
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io("open lock file", path, e))?;
+        Self::lock(file, path, op)
+    }
+
+    fn lock(file: File, path: &Path, op: FlockOperation) -> Result<FileLock> {
         loop {
             match flock(&file, op) {
                 Ok(()) => break,
@@ -117,6 +150,18 @@ mod tests {
         assert!(FileLock::try_exclusive(&p).unwrap().is_none());
         drop(b);
         assert!(FileLock::try_exclusive(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn probe_tells_missing_busy_and_free_apart_without_creating() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.lock");
+        assert!(matches!(FileLock::probe(&p).unwrap(), Probe::Missing));
+        assert!(!p.exists());
+        let held = FileLock::shared(&p).unwrap();
+        assert!(matches!(FileLock::probe(&p).unwrap(), Probe::Busy));
+        drop(held);
+        assert!(matches!(FileLock::probe(&p).unwrap(), Probe::Free(_)));
     }
 
     #[test]
