@@ -32,6 +32,7 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{mpsc, Arc};
 
 use rbuild_cache::{BlobStore, Digest};
 use rbuild_image::{unpack_layer, write_layer, LayerDescriptor, LayerOptions, UnpackMode};
@@ -160,6 +161,12 @@ impl fmt::Display for SnapshotterKind {
 }
 
 /// Creates snapshots of layer chains in a store. Cheap to clone.
+///
+/// The temp dirs of finished snapshots and views are removed on a
+/// background thread: removing a dir tree costs milliseconds per directory
+/// on a busy disk, a build step should not wait for it. Dropping the last
+/// clone of a snapshotter (and its last snapshot and view) waits until
+/// everything queued is removed.
 #[derive(Clone)]
 pub struct Snapshotter {
     root: PathBuf,
@@ -167,6 +174,7 @@ pub struct Snapshotter {
     kind: SnapshotterKind,
     /// Lower dirs one overlay mount may stack; deeper chains are partly flattened.
     max_lowers: usize,
+    remover: Arc<Remover>,
 }
 
 impl Snapshotter {
@@ -177,6 +185,7 @@ impl Snapshotter {
             blobs,
             kind,
             max_lowers: MAX_LOWERS,
+            remover: Remover::start(),
         };
         for d in [s.snapshots_dir(), s.tmp_dir(), s.native_dir()] {
             io_ctx(&d, fs::create_dir_all(&d))?;
@@ -202,13 +211,21 @@ impl Snapshotter {
         self.root.join("tmp")
     }
 
+    /// A temp dir under `<root>/tmp` removed by the background remover.
+    fn temp_dir(&self, prefix: &str) -> Result<TempDir> {
+        let tmp = self.tmp_dir();
+        let mut dir = io_ctx(&tmp, TempDir::new(&tmp, prefix))?;
+        dir.remover = Some(self.remover.clone());
+        Ok(dir)
+    }
+
     /// A writable root filesystem holding `parent` (bottom layer first; empty
     /// for `FROM scratch`). Layers not yet unpacked are unpacked first.
     pub fn prepare(&self, parent: &[LayerDescriptor]) -> Result<ActiveSnapshot> {
         if crate::sandbox::interrupted() {
             return Err(SnapshotError::Interrupted);
         }
-        let dir = io_ctx(&self.tmp_dir(), TempDir::new(&self.tmp_dir(), "snap-"))?;
+        let dir = self.temp_dir("snap-")?;
         match self.kind {
             SnapshotterKind::Overlay => {
                 let lowers = self.lower_dirs(parent, &dir.path)?;
@@ -264,7 +281,7 @@ impl Snapshotter {
     /// A read-only root filesystem of `layers`, for `COPY --from` and
     /// `RUN --mount=from=`.
     pub fn view(&self, layers: &[LayerDescriptor]) -> Result<ReadOnlyView> {
-        let dir = io_ctx(&self.tmp_dir(), TempDir::new(&self.tmp_dir(), "view-"))?;
+        let dir = self.temp_dir("view-")?;
         let path = dir.path.join("rootfs");
         io_ctx(&path, fs::create_dir(&path))?;
         let mut view = ReadOnlyView {
@@ -372,7 +389,7 @@ impl Snapshotter {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let tmp = io_ctx(&self.tmp_dir(), TempDir::new(&self.tmp_dir(), "unpack-"))?;
+        let tmp = self.temp_dir("unpack-")?;
         unpack_layer(&self.blobs, layer, &tmp.path, UnpackMode::Overlay).map_err(|source| {
             SnapshotError::Unpack {
                 diff_id: layer.diff_id,
@@ -395,7 +412,7 @@ impl Snapshotter {
         if dest.is_dir() {
             return Ok(Some(dest));
         }
-        let tmp = io_ctx(&self.tmp_dir(), TempDir::new(&self.tmp_dir(), "flat-"))?;
+        let tmp = self.temp_dir("flat-")?;
         let base = (0..chain.len() - 1)
             .rev()
             .find(|&i| self.native_dir().join(ids[i].hex()).is_dir());
@@ -663,6 +680,8 @@ fn remove_stale(tmp: &Path) {
 pub(crate) struct TempDir {
     pub(crate) path: PathBuf,
     keep: bool,
+    /// Removes the dir in the background; `None`: removed on drop.
+    remover: Option<Arc<Remover>>,
 }
 
 impl TempDir {
@@ -681,6 +700,7 @@ impl TempDir {
         Ok(TempDir {
             path: PathBuf::from(OsString::from_vec(template)),
             keep: false,
+            remover: None,
         })
     }
 
@@ -703,8 +723,62 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_dir_all(&self.path);
+        if self.keep {
+            return;
+        }
+        match &self.remover {
+            Some(r) => r.remove(std::mem::take(&mut self.path)),
+            None => {
+                let _ = fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+}
+
+/// A thread that removes dir trees queued by [`TempDir`]s. Its drop
+/// (when the last snapshotter, snapshot and view holding it are gone) waits
+/// for the queue to drain, so nothing is left behind by a finished build.
+/// A dir whose removal is cut short by the process ending keeps its
+/// `<prefix><pid>-` name, and the next snapshotter removes it as stale.
+pub(crate) struct Remover {
+    queue: Option<mpsc::Sender<PathBuf>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Remover {
+    fn start() -> Arc<Remover> {
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let thread = std::thread::Builder::new()
+            .name("rbuild-remove".into())
+            .spawn(move || {
+                for dir in rx {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+            })
+            .ok();
+        Arc::new(Remover {
+            queue: thread.is_some().then_some(tx),
+            thread,
+        })
+    }
+
+    fn remove(&self, dir: PathBuf) {
+        let unsent = match &self.queue {
+            Some(q) => q.send(dir).err().map(|e| e.0),
+            None => Some(dir),
+        };
+        // No thread (it could not be started): remove it here.
+        if let Some(dir) = unsent {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+impl Drop for Remover {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -774,7 +848,10 @@ mod tests {
         fs::write(snap.rootfs().join("e"), b"e").expect("write");
         let desc = snap.commit(&LayerOptions::default()).expect("commit");
         assert!(desc.is_some());
-        assert!(fs::read_dir(s.tmp_dir()).expect("tmp").next().is_none());
+        // Dropping the snapshotter waits for its temp dirs to be removed.
+        let tmp = s.tmp_dir();
+        drop(s);
+        assert!(fs::read_dir(tmp).expect("tmp").next().is_none());
     }
 
     #[test]
