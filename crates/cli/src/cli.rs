@@ -86,9 +86,19 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_cache: bool,
 
-    /// Look for newer versions of base images in their registries
-    #[arg(long)]
-    pub pull: bool,
+    /// When to look up base images in their registries: `--pull` (or
+    /// `=always`) every time, `=missing` when the store has none (default),
+    /// `=never` (offline: the store only)
+    #[arg(
+        long,
+        value_name = "POLICY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always",
+        default_value = "missing",
+        value_parser = parse_pull_policy
+    )]
+    pub pull: rbuild_solver::PullPolicy,
 
     /// Set a label on the image; repeatable
     #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -377,6 +387,17 @@ pub fn rewrite_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// `--pull` values: buildah's policy names, and docker's booleans.
+fn parse_pull_policy(s: &str) -> Result<rbuild_solver::PullPolicy, String> {
+    use rbuild_solver::PullPolicy;
+    match s {
+        "always" | "true" => Ok(PullPolicy::Always),
+        "missing" | "false" => Ok(PullPolicy::Missing),
+        "never" => Ok(PullPolicy::Never),
+        _ => Err(format!("expected always, missing or never, not {s:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +512,25 @@ mod tests {
         assert!(b.quiet);
         assert_eq!(b.jobs, Some(3));
         assert!(Cli::try_parse_from(["rbuild", "build", "--jobs", "0", "."]).is_err());
+    }
+
+    #[test]
+    fn pull_takes_a_policy_or_none() {
+        use rbuild_solver::PullPolicy;
+        let pull = |args: &[&str]| {
+            let mut argv = vec!["rbuild", "build"];
+            argv.extend_from_slice(args);
+            argv.push(".");
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Build(b)) => Ok(b.pull),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(pull(&[]).unwrap(), PullPolicy::Missing);
+        assert_eq!(pull(&["--pull"]).unwrap(), PullPolicy::Always);
+        assert_eq!(pull(&["--pull=never"]).unwrap(), PullPolicy::Never);
+        assert_eq!(pull(&["--pull=false"]).unwrap(), PullPolicy::Missing);
+        assert!(pull(&["--pull=sometimes"]).is_err());
     }
 }

@@ -47,8 +47,8 @@ pub use remote_cache::{
     CacheError, CacheExport, CacheLocation, CacheMode, CACHE_CONFIG_MEDIA_TYPE,
 };
 pub use request::{
-    BuildRequest, CompressionChoice, DockerfileSource, NetworkMode, Platform, SecretSource,
-    SnapshotterChoice,
+    BuildRequest, CompressionChoice, DockerfileSource, NetworkMode, Platform, PullPolicy,
+    SecretSource, SnapshotterChoice,
 };
 pub use result::{BuildResult, StepReport, StepStatus};
 
@@ -191,7 +191,7 @@ fn prepare(request: &BuildRequest, progress: &dyn ProgressSink) -> Result<Prepar
     let cache = rbuild_cache::CacheIndex::open(&request.root).map_err(store_err)?;
     let bases = pull::BaseImages {
         store: &store,
-        always_pull: request.pull,
+        policy: request.pull,
         options: registry_options(request),
         progress,
     };

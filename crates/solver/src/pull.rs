@@ -9,14 +9,14 @@ use rbuild_image::{Image, ImageConfig, Reference, Store};
 use crate::error::BuildError;
 use crate::plan::BaseImage;
 use crate::progress::{ProgressEvent, ProgressSink};
-use crate::request::Platform;
+use crate::request::{Platform, PullPolicy};
 
 /// How base images are found for one build.
 pub(crate) struct BaseImages<'a> {
     /// The local store.
     pub store: &'a Store,
-    /// `--pull`: always ask the registry.
-    pub always_pull: bool,
+    /// `--pull`: when to ask the registry.
+    pub policy: PullPolicy,
     /// Registry client settings (insecure registries, credentials file).
     pub options: ClientOptions,
     /// Where pulls are reported.
@@ -41,7 +41,7 @@ impl BaseImages<'_> {
         } else {
             Reference::parse(name).ok()
         };
-        if !self.always_pull || reference.is_none() {
+        if self.policy != PullPolicy::Always || reference.is_none() {
             let found = self
                 .store
                 .resolve(name)
@@ -52,7 +52,7 @@ impl BaseImages<'_> {
                 return Ok(Some(base_image(name, img)));
             }
         }
-        let Some(reference) = reference else {
+        let Some(reference) = reference.filter(|_| self.policy != PullPolicy::Never) else {
             return Ok(None);
         };
         let pull_err = |e: registry::Error| match e {
@@ -142,7 +142,7 @@ mod tests {
         store.register(&img.manifest_digest).unwrap();
         let bases = BaseImages {
             store: &store,
-            always_pull: true,
+            policy: PullPolicy::Always,
             options: ClientOptions::default(),
             progress: &crate::progress::NoProgress,
         };
@@ -152,6 +152,35 @@ mod tests {
             .unwrap()
             .expect("found by ID");
         assert_eq!(found.manifest_digest, img.manifest_digest);
+    }
+
+    #[test]
+    fn never_policy_uses_the_store_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let img = store
+            .put_image(&config("linux", "amd64", None), &[])
+            .unwrap();
+        store
+            .tag(&Reference::parse("here:1").unwrap(), &img.manifest_digest)
+            .unwrap();
+        let bases = BaseImages {
+            store: &store,
+            policy: PullPolicy::Never,
+            options: ClientOptions::default(),
+            progress: &crate::progress::NoProgress,
+        };
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        assert!(bases.resolve("here:1", &amd64, 1).unwrap().is_some());
+        // A registry that refuses connections would fail after retries; a
+        // quick `None` shows it was never asked.
+        assert!(bases
+            .resolve("127.0.0.1:9/elsewhere:1", &amd64, 1)
+            .unwrap()
+            .is_none());
+        // Nor for another platform of a stored name.
+        let arm = Platform::parse("linux/arm64").unwrap();
+        assert!(bases.resolve("here:1", &arm, 1).unwrap().is_none());
     }
 
     #[test]

@@ -116,6 +116,19 @@ pub enum CompressionChoice {
     None,
 }
 
+/// When base images are looked up in their registries (`--pull`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Only when the store has no image of that name and platform (the
+    /// default, as docker build).
+    #[default]
+    Missing,
+    /// Always, even when the store has one (`--pull`).
+    Always,
+    /// Never: a base image must be in the store (offline builds).
+    Never,
+}
+
 /// How `RUN` and snapshot steps get their root filesystems (`--snapshotter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotterChoice {
@@ -171,9 +184,8 @@ pub struct BuildRequest {
     /// the first difference from the previous build of this Dockerfile and
     /// target). Build records for the comparison are always written.
     pub explain: bool,
-    /// `--pull`: resolve every base image in its registry even when the
-    /// store has an image of that name.
-    pub pull: bool,
+    /// `--pull`: when base images are looked up in their registries.
+    pub pull: PullPolicy,
     /// `--insecure-registry HOST`: registries besides loopback ones that may
     /// be reached over plain HTTP (base image pulls and registry caches).
     pub insecure_registries: Vec<String>,
@@ -207,7 +219,7 @@ impl BuildRequest {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             source_date_epoch: None,
             explain: false,
-            pull: false,
+            pull: PullPolicy::Missing,
             insecure_registries: Vec::new(),
             cache_from: Vec::new(),
             cache_to: Vec::new(),

@@ -8,7 +8,15 @@ fn check_failure(w: &World, dockerfile: &str, extra: &[&str], wants: &[&str]) {
     w.dockerfile(dockerfile);
     let before = store_listing(&w.root());
     let ctx = w.ctx();
-    let mut args = vec!["build", "--progress", "plain", "-t", "bad:1"];
+    // --pull=never: a missing image must not send these tests to Docker Hub.
+    let mut args = vec![
+        "build",
+        "--pull=never",
+        "--progress",
+        "plain",
+        "-t",
+        "bad:1",
+    ];
     args.extend_from_slice(extra);
     args.push(ctx.to_str().unwrap());
     let err = w.fails(&args);
