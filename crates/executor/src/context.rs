@@ -173,19 +173,15 @@ impl BuildContext {
                 source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        let mut ctx = BuildContext {
+        let listing = Walker { matcher }.walk(&root, "", &MatchState::default())?;
+        let mut skipped = listing.skipped;
+        skipped.sort();
+        Ok(BuildContext {
             root,
-            entries: BTreeMap::new(),
+            entries: listing.entries.into_iter().collect(),
             root_meta,
-            skipped: Vec::new(),
-        };
-        let mut walker = Walker {
-            matcher,
-            ctx: &mut ctx,
-        };
-        let root = walker.ctx.root.clone();
-        walker.walk(&root, "", &MatchState::default(), &mut Vec::new())?;
-        Ok(ctx)
+            skipped,
+        })
     }
 
     /// The canonical context directory.
@@ -487,84 +483,106 @@ pub fn has_wildcards(source: &str) -> bool {
 
 struct Walker<'a> {
     matcher: &'a Matcher,
-    ctx: &'a mut BuildContext,
+}
+
+/// What a walk of one subtree found, in no particular order.
+#[derive(Default)]
+struct Listing {
+    entries: Vec<(String, Entry)>,
+    /// Unix sockets that were left out.
+    skipped: Vec<String>,
+}
+
+impl Listing {
+    fn append(&mut self, mut other: Listing) {
+        self.entries.append(&mut other.entries);
+        self.skipped.append(&mut other.skipped);
+    }
 }
 
 impl Walker<'_> {
-    /// Walks one directory. `pending_parents` holds excluded ancestor
-    /// directories not yet recorded; they are recorded when something
-    /// inside them is included.
-    fn walk(
-        &mut self,
-        dir: &Path,
-        rel_dir: &str,
-        state: &MatchState,
-        pending_parents: &mut Vec<(String, Entry)>,
-    ) -> Result<()> {
-        // Entries land in a sorted map, so the listing order does not matter.
-        for dirent in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
-            let dirent = dirent.map_err(io_err("read directory", dir))?;
-            let file_name = dirent.file_name();
-            let name = file_name.to_string_lossy();
-            let rel = if rel_dir.is_empty() {
-                name.into_owned()
-            } else {
-                format!("{rel_dir}/{name}")
-            };
-            let host = dirent.path();
-            // lstat relative to the open directory: no path walk per entry.
-            let meta = match dirent.metadata() {
-                Ok(m) => m,
-                // Removed while walking: as if it never existed.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("stat", &host)(e)),
-            };
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                EntryKind::Dir
-            } else if ft.is_file() {
-                EntryKind::File
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&host).map_err(io_err("read symlink", &host))?;
-                EntryKind::Symlink(target.to_string_lossy().into_owned())
-            } else if ft.is_fifo() {
-                EntryKind::Fifo
-            } else if ft.is_char_device() {
-                EntryKind::CharDevice
-            } else if ft.is_block_device() {
-                EntryKind::BlockDevice
-            } else {
-                // Sockets cannot be archived; Docker skips them too.
-                self.ctx.skipped.push(rel);
-                continue;
-            };
-            let (excluded, child_state) = if self.matcher.is_empty() {
-                (false, MatchState::default())
-            } else {
-                self.matcher.excluded_in(&rel, state)?
-            };
-            let is_dir = kind == EntryKind::Dir;
-            let entry = Entry { kind, meta };
-            if excluded {
-                if is_dir && self.matcher.may_reinclude_under(&rel) {
-                    pending_parents.push((rel.clone(), entry));
-                    self.walk(&host, &rel, &child_state, pending_parents)?;
-                    // Still pending: nothing inside was included.
-                    if pending_parents.last().is_some_and(|(p, _)| *p == rel) {
-                        pending_parents.pop();
-                    }
-                }
-                continue;
+    /// Walks one directory: its entries are stat'ed and its subdirectories
+    /// walked in parallel (a no-op rebuild is mostly this walk's `lstat`s).
+    fn walk(&self, dir: &Path, rel_dir: &str, state: &MatchState) -> Result<Listing> {
+        let dirents = fs::read_dir(dir)
+            .map_err(io_err("read directory", dir))?
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_err("read directory", dir))?;
+        dirents
+            .into_par_iter()
+            .map(|d| self.visit(d, rel_dir, state))
+            .try_reduce(Listing::default, |mut a, b| {
+                a.append(b);
+                Ok(a)
+            })
+    }
+
+    /// One directory entry and, for a directory, what is inside. An
+    /// excluded directory is walked only when a later `!` pattern may
+    /// re-include something in it, and is listed only when something was.
+    fn visit(&self, dirent: fs::DirEntry, rel_dir: &str, state: &MatchState) -> Result<Listing> {
+        let file_name = dirent.file_name();
+        let name = file_name.to_string_lossy();
+        let rel = if rel_dir.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{rel_dir}/{name}")
+        };
+        let host = dirent.path();
+        // lstat relative to the open directory: no path walk per entry.
+        let meta = match dirent.metadata() {
+            Ok(m) => m,
+            // Removed while walking: as if it never existed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
+            Err(e) => return Err(io_err("stat", &host)(e)),
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&host).map_err(io_err("read symlink", &host))?;
+            EntryKind::Symlink(target.to_string_lossy().into_owned())
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice
+        } else {
+            // Sockets cannot be archived; Docker skips them too.
+            return Ok(Listing {
+                entries: Vec::new(),
+                skipped: vec![rel],
+            });
+        };
+        let (excluded, child_state) = if self.matcher.is_empty() {
+            (false, MatchState::default())
+        } else {
+            self.matcher.excluded_in(&rel, state)?
+        };
+        let is_dir = kind == EntryKind::Dir;
+        let entry = Entry { kind, meta };
+        if excluded {
+            if !(is_dir && self.matcher.may_reinclude_under(&rel)) {
+                return Ok(Listing::default());
             }
-            for (p, e) in pending_parents.drain(..) {
-                self.ctx.entries.insert(p, e);
+            let mut inside = self.walk(&host, &rel, &child_state)?;
+            // The parents of a re-included path are kept.
+            if !inside.entries.is_empty() {
+                inside.entries.push((rel, entry));
             }
-            self.ctx.entries.insert(rel.clone(), entry);
-            if is_dir {
-                self.walk(&host, &rel, &child_state, pending_parents)?;
-            }
+            return Ok(inside);
         }
-        Ok(())
+        let mut out = Listing {
+            entries: vec![(rel.clone(), entry)],
+            skipped: Vec::new(),
+        };
+        if is_dir {
+            out.append(self.walk(&host, &rel, &child_state)?);
+        }
+        Ok(out)
     }
 }
 
