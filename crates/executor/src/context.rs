@@ -13,7 +13,7 @@
 //! nodes are kept as entries (never opened) and copied as nodes. Writing
 //! selected files into an image is [`crate::copy`]'s job.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, LinkedList};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -178,7 +178,7 @@ impl BuildContext {
         skipped.sort();
         Ok(BuildContext {
             root,
-            entries: listing.entries.into_iter().collect(),
+            entries: listing.entries.into_iter().flatten().collect(),
             root_meta,
             skipped,
         })
@@ -485,18 +485,30 @@ struct Walker<'a> {
     matcher: &'a Matcher,
 }
 
-/// What a walk of one subtree found, in no particular order.
+/// What a walk of one subtree found, in no particular order. Chunks in a
+/// linked list, so joining the listings of subtrees moves no entries.
 #[derive(Default)]
 struct Listing {
-    entries: Vec<(String, Entry)>,
+    entries: LinkedList<Vec<(String, Entry)>>,
     /// Unix sockets that were left out.
     skipped: Vec<String>,
 }
 
 impl Listing {
+    fn one(rel: String, entry: Entry) -> Listing {
+        Listing {
+            entries: LinkedList::from([vec![(rel, entry)]]),
+            skipped: Vec::new(),
+        }
+    }
+
     fn append(&mut self, mut other: Listing) {
         self.entries.append(&mut other.entries);
         self.skipped.append(&mut other.skipped);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.iter().all(Vec::is_empty)
     }
 }
 
@@ -553,7 +565,7 @@ impl Walker<'_> {
         } else {
             // Sockets cannot be archived; Docker skips them too.
             return Ok(Listing {
-                entries: Vec::new(),
+                entries: LinkedList::new(),
                 skipped: vec![rel],
             });
         };
@@ -570,17 +582,19 @@ impl Walker<'_> {
             }
             let mut inside = self.walk(&host, &rel, &child_state)?;
             // The parents of a re-included path are kept.
-            if !inside.entries.is_empty() {
-                inside.entries.push((rel, entry));
+            if !inside.is_empty() {
+                inside.append(Listing::one(rel, entry));
             }
             return Ok(inside);
         }
-        let mut out = Listing {
-            entries: vec![(rel.clone(), entry)],
-            skipped: Vec::new(),
+        let inside = if is_dir {
+            Some(self.walk(&host, &rel, &child_state)?)
+        } else {
+            None
         };
-        if is_dir {
-            out.append(self.walk(&host, &rel, &child_state)?);
+        let mut out = Listing::one(rel, entry);
+        if let Some(inside) = inside {
+            out.append(inside);
         }
         Ok(out)
     }
