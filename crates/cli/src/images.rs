@@ -45,8 +45,18 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<()> {
         ));
     }
     if filter.is_none() {
+        // One row per image ID, as docker lists them: an untagged manifest
+        // of an image that has a name (the same config with other layer
+        // encodings, e.g. loaded from a docker-archive and from an OCI
+        // archive) adds nothing.
+        let mut shown: std::collections::BTreeSet<_> = rows
+            .iter()
+            .map(|(_, _, i)| i.config_digest)
+            .collect();
         for image in store.dangling()? {
-            rows.push(("<none>".into(), "<none>".into(), image));
+            if shown.insert(image.config_digest) {
+                rows.push(("<none>".into(), "<none>".into(), image));
+            }
         }
     }
     let id = |image: &Image| {

@@ -136,3 +136,25 @@ fn load_rejects_a_broken_archive_and_stores_nothing() {
     assert!(err.contains("junk.tar"), "{err}");
     assert_eq!(store_listing(&w.root()), before);
 }
+
+#[test]
+fn images_lists_one_row_per_image_id() {
+    let w = World::new();
+    w.write("a.txt", "A");
+    w.dockerfile("FROM scratch\nCOPY a.txt /a.txt\n");
+    let ctx = w.ctx();
+    let ctx = ctx.to_str().unwrap();
+    let build = |extra: &[&str]| {
+        let mut c = w.cmd(&["build", "-q"]);
+        c.args(extra).arg(ctx).env("SOURCE_DATE_EPOCH", "0");
+        run_ok(c).trim().to_string()
+    };
+    let id = build(&["-t", "app:1"]);
+    // The same config with zstd layers: another manifest, the same image ID,
+    // stored untagged.
+    let again = build(&["--no-cache", "--compression", "zstd"]);
+    assert_eq!(again, id);
+    let listed = w.ok(&["images", "-q"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(!w.ok(&["images"]).contains("<none>"));
+}
