@@ -49,10 +49,8 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<()> {
         // of an image that has a name (the same config with other layer
         // encodings, e.g. loaded from a docker-archive and from an OCI
         // archive) adds nothing.
-        let mut shown: std::collections::BTreeSet<_> = rows
-            .iter()
-            .map(|(_, _, i)| i.config_digest)
-            .collect();
+        let mut shown: std::collections::BTreeSet<_> =
+            rows.iter().map(|(_, _, i)| i.config_digest).collect();
         for image in store.dangling()? {
             if shown.insert(image.config_digest) {
                 rows.push(("<none>".into(), "<none>".into(), image));
