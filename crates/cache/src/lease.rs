@@ -208,13 +208,7 @@ pub fn live_leases(store_root: &Path) -> Result<Vec<LiveLease>> {
 pub fn stale_leases(store_root: &Path) -> Result<Vec<PathBuf>> {
     let dir = lease_dir(store_root);
     let mut out = Vec::new();
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io("read directory", &dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+    for entry in lease_dir_entries(&dir)? {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -267,13 +261,7 @@ pub fn remove_stale_leases(store_root: &Path) -> Result<Vec<PathBuf>> {
 fn lease_files(store_root: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     let dir = lease_dir(store_root);
     let mut out = Vec::new();
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io("read directory", &dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+    for entry in lease_dir_entries(&dir)? {
         let name = entry.file_name();
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
             continue;
@@ -289,6 +277,17 @@ fn lease_files(store_root: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The entries of the lease directory; none when it does not exist yet.
+fn lease_dir_entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    rd.map(|e| e.map_err(|e| Error::io("read directory", dir, e)))
+        .collect()
 }
 
 #[cfg(test)]
