@@ -13,7 +13,7 @@
 //! nodes are kept as entries (never opened) and copied as nodes. Writing
 //! selected files into an image is [`crate::copy`]'s job.
 
-use std::collections::{BTreeMap, HashMap, LinkedList};
+use std::collections::{HashMap, HashSet, LinkedList};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use rbuild_cache::{Digest, Hasher, StatCache};
 
 use crate::dockerignore::{MatchState, Matcher, PatternError};
-use crate::pathmatch::{clean, filepath_match};
+use crate::pathmatch::{clean, filepath_match, path_order};
 
 /// Errors about the build context and COPY/ADD sources.
 #[derive(Debug, thiserror::Error)]
@@ -140,10 +140,11 @@ impl Entry {
 #[derive(Debug)]
 pub struct BuildContext {
     root: PathBuf,
-    /// Included entries by slash-separated relative path, sorted.
-    entries: BTreeMap<String, Entry>,
-    /// The context root's own metadata.
-    root_meta: Metadata,
+    /// Included entries by slash-separated relative path, in
+    /// [`path_order`]: each directory right before its contents.
+    entries: Vec<(String, Entry)>,
+    /// The context root itself (a directory).
+    root_entry: Entry,
     /// Unix sockets that were left out.
     skipped: Vec<String>,
 }
@@ -176,10 +177,17 @@ impl BuildContext {
         let listing = Walker { matcher }.walk(&root, "", &MatchState::default())?;
         let mut skipped = listing.skipped;
         skipped.sort();
+        let entries: Vec<(String, Entry)> = listing.entries.into_iter().flatten().collect();
+        debug_assert!(entries
+            .windows(2)
+            .all(|w| path_order(&w[0].0, &w[1].0).is_lt()));
         Ok(BuildContext {
             root,
-            entries: listing.entries.into_iter().flatten().collect(),
-            root_meta,
+            entries,
+            root_entry: Entry {
+                kind: EntryKind::Dir,
+                meta: root_meta,
+            },
             skipped,
         })
     }
@@ -189,9 +197,21 @@ impl BuildContext {
         &self.root
     }
 
-    /// All included entries, sorted by relative path.
-    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+    /// All included entries by relative path, each directory right before
+    /// its contents ([`path_order`]).
+    pub fn entries(&self) -> &[(String, Entry)] {
         &self.entries
+    }
+
+    /// The included entry at a relative path (no symlinks followed).
+    pub fn get(&self, rel: &str) -> Option<&Entry> {
+        self.position(rel).map(|i| &self.entries[i].1)
+    }
+
+    fn position(&self, rel: &str) -> Option<usize> {
+        self.entries
+            .binary_search_by(|(p, _)| path_order(p, rel))
+            .ok()
     }
 
     /// Unix sockets found in the context and left out (relative paths).
@@ -223,7 +243,7 @@ impl BuildContext {
             }
             cur.push(comp);
             let joined = cur.join("/");
-            let Some(entry) = self.entries.get(&joined) else {
+            let Some(entry) = self.get(&joined) else {
                 return Ok(None);
             };
             if let EntryKind::Symlink(target) = &entry.kind {
@@ -276,7 +296,7 @@ impl BuildContext {
         sources: &[String],
         excludes: &[String],
         follow_symlinks: bool,
-    ) -> Result<Selection> {
+    ) -> Result<Selection<'_>> {
         let excludes = Matcher::new(excludes).map_err(ContextError::Exclude)?;
         let mut selected = Vec::new();
         for source in sources {
@@ -291,7 +311,7 @@ impl BuildContext {
             if has_wildcards(&rel) {
                 let depth = rel.split('/').count();
                 let mut matches = Vec::new();
-                for path in self.entries.keys() {
+                for (path, _) in &self.entries {
                     if path.split('/').count() != depth {
                         continue;
                     }
@@ -318,7 +338,7 @@ impl BuildContext {
             }
         }
         Ok(Selection {
-            root: self.root.clone(),
+            root: &self.root,
             sources: selected,
         })
     }
@@ -329,26 +349,26 @@ impl BuildContext {
         rel: &str,
         follow: bool,
         excludes: &Matcher,
-    ) -> Result<SelectedSource> {
+    ) -> Result<SelectedSource<'_>> {
         let not_found = || ContextError::NotFound {
             name: source.to_string(),
         };
         let path = self.resolve(source, rel, follow)?.ok_or_else(not_found)?;
-        let top = if path.is_empty() {
-            Entry {
-                kind: EntryKind::Dir,
-                meta: self.root_meta.clone(),
-            }
+        // The source's own entry, and the position after it: its contents
+        // follow it.
+        let (top_path, top, inside) = if path.is_empty() {
+            ("", &self.root_entry, 0)
         } else {
-            self.entries.get(&path).ok_or_else(not_found)?.clone()
+            let i = self.position(&path).ok_or_else(not_found)?;
+            (self.entries[i].0.as_str(), &self.entries[i].1, i + 1)
         };
         let mut files = Vec::new();
         let name = rel.rsplit('/').next().unwrap_or_default().to_string();
         if top.kind == EntryKind::Dir {
             files.push(SelectedFile {
-                rel: String::new(),
-                context_path: path.clone(),
-                entry: top.clone(),
+                rel: "",
+                context_path: top_path,
+                entry: top,
             });
             let prefix = if path.is_empty() {
                 String::new()
@@ -357,16 +377,19 @@ impl BuildContext {
             };
             // Per-pattern results of each directory, for its children.
             let mut states: HashMap<String, MatchState> = HashMap::new();
-            let mut chosen: BTreeMap<String, SelectedFile> = BTreeMap::new();
-            for (p, entry) in self.entries.range(prefix.clone()..) {
+            // Directories already selected (entries stay in path order: a
+            // directory kept only to hold a re-included entry is pushed
+            // right before that entry).
+            let mut chosen_dirs: HashSet<&str> = HashSet::new();
+            for (p, entry) in &self.entries[inside..] {
                 let Some(inner) = p.strip_prefix(&prefix) else {
                     break;
                 };
                 if excludes.is_empty() {
                     files.push(SelectedFile {
-                        rel: inner.to_string(),
-                        context_path: p.clone(),
-                        entry: entry.clone(),
+                        rel: inner,
+                        context_path: p,
+                        entry,
                     });
                     continue;
                 }
@@ -391,32 +414,30 @@ impl BuildContext {
                     while let Some(i) = inner[end..].find('/') {
                         end += i;
                         let dir = &inner[..end];
-                        if !chosen.contains_key(dir) {
-                            let full = format!("{prefix}{dir}");
-                            if let Some(e) = self.entries.get(&full) {
-                                chosen.insert(
-                                    dir.to_string(),
-                                    SelectedFile {
-                                        rel: dir.to_string(),
-                                        context_path: full,
-                                        entry: e.clone(),
-                                    },
-                                );
+                        if !chosen_dirs.contains(dir) {
+                            let full = &p[..prefix.len() + end];
+                            if let Some(i) = self.position(full) {
+                                let (full, e) = &self.entries[i];
+                                chosen_dirs.insert(dir);
+                                files.push(SelectedFile {
+                                    rel: &full[prefix.len()..],
+                                    context_path: full,
+                                    entry: e,
+                                });
                             }
                         }
                         end += 1;
                     }
                 }
-                chosen.insert(
-                    inner.to_string(),
-                    SelectedFile {
-                        rel: inner.to_string(),
-                        context_path: p.clone(),
-                        entry: entry.clone(),
-                    },
-                );
+                if entry.kind == EntryKind::Dir {
+                    chosen_dirs.insert(inner);
+                }
+                files.push(SelectedFile {
+                    rel: inner,
+                    context_path: p,
+                    entry,
+                });
             }
-            files.extend(chosen.into_values());
         } else {
             if excludes.excluded(&name).map_err(ContextError::Exclude)? {
                 return Ok(SelectedSource {
@@ -428,9 +449,9 @@ impl BuildContext {
                 });
             }
             files.push(SelectedFile {
-                rel: String::new(),
-                context_path: path.clone(),
-                entry: top.clone(),
+                rel: "",
+                context_path: top_path,
+                entry: top,
             });
         }
         Ok(SelectedSource {
@@ -485,8 +506,8 @@ struct Walker<'a> {
     matcher: &'a Matcher,
 }
 
-/// What a walk of one subtree found, in no particular order. Chunks in a
-/// linked list, so joining the listings of subtrees moves no entries.
+/// What a walk of one subtree found, in [`path_order`]. Chunks in a linked
+/// list, so joining the listings of subtrees moves no entries.
 #[derive(Default)]
 struct Listing {
     entries: LinkedList<Vec<(String, Entry)>>,
@@ -495,10 +516,10 @@ struct Listing {
 }
 
 impl Listing {
-    fn one(rel: String, entry: Entry) -> Listing {
-        Listing {
-            entries: LinkedList::from([vec![(rel, entry)]]),
-            skipped: Vec::new(),
+    fn push(&mut self, rel: String, entry: Entry) {
+        match self.entries.back_mut() {
+            Some(chunk) => chunk.push((rel, entry)),
+            None => self.entries.push_back(vec![(rel, entry)]),
         }
     }
 
@@ -515,38 +536,58 @@ impl Listing {
 impl Walker<'_> {
     /// Walks one directory: its entries are stat'ed and its subdirectories
     /// walked in parallel (a no-op rebuild is mostly this walk's `lstat`s).
+    /// Entries are visited by name and each directory is listed before its
+    /// contents, so the listing comes out in [`path_order`].
     fn walk(&self, dir: &Path, rel_dir: &str, state: &MatchState) -> Result<Listing> {
-        let dirents = fs::read_dir(dir)
+        let mut dirents = fs::read_dir(dir)
             .map_err(io_err("read directory", dir))?
+            .map(|d| d.map(|d| (d.file_name().to_string_lossy().into_owned(), d)))
             .collect::<io::Result<Vec<_>>>()
             .map_err(io_err("read directory", dir))?;
-        dirents
+        dirents.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Each piece rayon splits the directory into fills one listing,
+        // not one allocation per entry.
+        let parts = dirents
             .into_par_iter()
-            .map(|d| self.visit(d, rel_dir, state))
-            .try_reduce(Listing::default, |mut a, b| {
-                a.append(b);
-                Ok(a)
-            })
+            .fold(
+                || Ok(Listing::default()),
+                |acc: Result<Listing>, (name, d)| {
+                    let mut out = acc?;
+                    self.visit(name, d, rel_dir, state, &mut out)?;
+                    Ok(out)
+                },
+            )
+            .collect::<Result<Vec<Listing>>>()?;
+        let mut out = Listing::default();
+        for part in parts {
+            out.append(part);
+        }
+        Ok(out)
     }
 
-    /// One directory entry and, for a directory, what is inside. An
-    /// excluded directory is walked only when a later `!` pattern may
-    /// re-include something in it, and is listed only when something was.
-    fn visit(&self, dirent: fs::DirEntry, rel_dir: &str, state: &MatchState) -> Result<Listing> {
-        let file_name = dirent.file_name();
-        let name = file_name.to_string_lossy();
+    /// Adds one directory entry and, for a directory, what is inside to
+    /// `out`. An excluded directory is walked only when a later `!` pattern
+    /// may re-include something in it, and is listed only when something
+    /// was.
+    fn visit(
+        &self,
+        name: String,
+        dirent: fs::DirEntry,
+        rel_dir: &str,
+        state: &MatchState,
+        out: &mut Listing,
+    ) -> Result<()> {
         let rel = if rel_dir.is_empty() {
-            name.into_owned()
+            name
         } else {
             format!("{rel_dir}/{name}")
         };
-        let host = dirent.path();
         // lstat relative to the open directory: no path walk per entry.
         let meta = match dirent.metadata() {
             Ok(m) => m,
             // Removed while walking: as if it never existed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
-            Err(e) => return Err(io_err("stat", &host)(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("stat", &dirent.path())(e)),
         };
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
@@ -554,6 +595,7 @@ impl Walker<'_> {
         } else if ft.is_file() {
             EntryKind::File
         } else if ft.is_symlink() {
+            let host = dirent.path();
             let target = fs::read_link(&host).map_err(io_err("read symlink", &host))?;
             EntryKind::Symlink(target.to_string_lossy().into_owned())
         } else if ft.is_fifo() {
@@ -564,10 +606,8 @@ impl Walker<'_> {
             EntryKind::BlockDevice
         } else {
             // Sockets cannot be archived; Docker skips them too.
-            return Ok(Listing {
-                entries: LinkedList::new(),
-                skipped: vec![rel],
-            });
+            out.skipped.push(rel);
+            return Ok(());
         };
         let (excluded, child_state) = if self.matcher.is_empty() {
             (false, MatchState::default())
@@ -576,44 +616,38 @@ impl Walker<'_> {
         };
         let is_dir = kind == EntryKind::Dir;
         let entry = Entry { kind, meta };
-        if excluded {
-            if !(is_dir && self.matcher.may_reinclude_under(&rel)) {
-                return Ok(Listing::default());
-            }
-            let mut inside = self.walk(&host, &rel, &child_state)?;
-            // The parents of a re-included path are kept.
-            if !inside.is_empty() {
-                inside.append(Listing::one(rel, entry));
-            }
-            return Ok(inside);
+        if excluded && !(is_dir && self.matcher.may_reinclude_under(&rel)) {
+            return Ok(());
         }
-        let inside = if is_dir {
-            Some(self.walk(&host, &rel, &child_state)?)
-        } else {
-            None
-        };
-        let mut out = Listing::one(rel, entry);
-        if let Some(inside) = inside {
+        if !is_dir {
+            out.push(rel, entry);
+            return Ok(());
+        }
+        let inside = self.walk(&dirent.path(), &rel, &child_state)?;
+        // An excluded directory is kept only as the parent of a re-included
+        // path.
+        if !excluded || !inside.is_empty() {
+            out.push(rel, entry);
             out.append(inside);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-/// One selected file under a source.
-#[derive(Debug, Clone)]
-pub struct SelectedFile {
+/// One selected file under a source, borrowed from the [`BuildContext`].
+#[derive(Debug, Clone, Copy)]
+pub struct SelectedFile<'a> {
     /// Path relative to the selected source (empty for the source itself).
-    pub rel: String,
+    pub rel: &'a str,
     /// Path relative to the context root.
-    pub context_path: String,
+    pub context_path: &'a str,
     /// The entry.
-    pub entry: Entry,
+    pub entry: &'a Entry,
 }
 
 /// One source of a COPY/ADD after wildcard and symlink resolution.
 #[derive(Debug, Clone)]
-pub struct SelectedSource {
+pub struct SelectedSource<'a> {
     /// The source word as written (a wildcard for every one of its matches).
     pub source: String,
     /// The matched path relative to the context root, before following a
@@ -623,17 +657,17 @@ pub struct SelectedSource {
     pub path: String,
     /// Whether it is a directory (whose contents are copied).
     pub is_dir: bool,
-    /// The selected entries, parents before children, sorted; for a
-    /// directory the first is the directory itself (`rel` empty). Empty when
-    /// an `--exclude` pattern excluded a file source.
-    pub files: Vec<SelectedFile>,
+    /// The selected entries in [`path_order`] (parents before children);
+    /// for a directory the first is the directory itself (`rel` empty).
+    /// Empty when an `--exclude` pattern excluded a file source.
+    pub files: Vec<SelectedFile<'a>>,
 }
 
 /// The sources of one COPY/ADD, selected from a [`BuildContext`].
 #[derive(Debug, Clone)]
-pub struct Selection {
-    root: PathBuf,
-    sources: Vec<SelectedSource>,
+pub struct Selection<'a> {
+    root: &'a Path,
+    sources: Vec<SelectedSource<'a>>,
 }
 
 /// The content digest of a [`Selection`] and of each file in it.
@@ -647,21 +681,21 @@ pub struct SelectionDigest {
     pub files: Vec<(String, Digest)>,
 }
 
-impl Selection {
+impl<'a> Selection<'a> {
     /// The context directory on the host.
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn root(&self) -> &'a Path {
+        self.root
     }
 
     /// The selected sources, in the order given (wildcard matches sorted).
-    pub fn sources(&self) -> &[SelectedSource] {
+    pub fn sources(&self) -> &[SelectedSource<'a>] {
         &self.sources
     }
 
     /// The host path of a context-relative path.
     pub fn host_path(&self, context_path: &str) -> PathBuf {
         if context_path.is_empty() {
-            self.root.clone()
+            self.root.to_path_buf()
         } else {
             self.root.join(context_path)
         }
@@ -690,9 +724,9 @@ impl Selection {
             record_str(&mut h, &source.path);
             h.update(&(source.files.len() as u64).to_le_bytes());
             for f in &source.files {
-                record_str(&mut h, &f.rel);
+                record_str(&mut h, f.rel);
                 h.update(per_file[index].as_raw());
-                files.push((f.context_path.clone(), per_file[index]));
+                files.push((f.context_path.to_string(), per_file[index]));
                 index += 1;
             }
         }
@@ -713,7 +747,7 @@ impl Selection {
     fn entry_digest(&self, f: &SelectedFile, cache: &StatCache) -> Result<Digest> {
         let meta = &f.entry.meta;
         let mut h = Hasher::new();
-        record_str(&mut h, &f.context_path);
+        record_str(&mut h, f.context_path);
         h.update(&[f.entry.kind.tag()]);
         h.update(&f.entry.mode().to_le_bytes());
         h.update(&meta.uid().to_le_bytes());
@@ -728,15 +762,15 @@ impl Selection {
     }
 
     fn content_digest(&self, f: &SelectedFile, cache: &StatCache) -> Result<Digest> {
-        if let Some(d) = cache.lookup(&f.context_path, &f.entry.meta) {
+        if let Some(d) = cache.lookup(f.context_path, &f.entry.meta) {
             return Ok(d);
         }
-        let path = self.host_path(&f.context_path);
+        let path = self.host_path(f.context_path);
         let mut file = fs::File::open(&path).map_err(io_err("open", &path))?;
         let mut h = Hasher::new();
         io::copy(&mut file, &mut h).map_err(io_err("read", &path))?;
         let d = h.finish();
-        cache.insert(&f.context_path, &f.entry.meta, d);
+        cache.insert(f.context_path, &f.entry.meta, d);
         Ok(d)
     }
 }

@@ -117,7 +117,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cop
 #[derive(Debug, Clone, Copy)]
 pub enum CopySource<'a> {
     /// Sources selected from the build context.
-    Context(&'a Selection),
+    Context(&'a Selection<'a>),
     /// Paths (wildcards allowed, symlinks followed inside `root`) in another
     /// root filesystem: a stage or image for `COPY --from`.
     Dir {
@@ -366,7 +366,7 @@ fn items_from_selected(sel: &Selection, src: &SelectedSource, keep_owner: bool) 
         nodes: src
             .files
             .iter()
-            .map(|f| node_from_entry(&f.rel, sel.host_path(&f.context_path), &f.entry, keep_owner))
+            .map(|f| node_from_entry(f.rel, sel.host_path(f.context_path), f.entry, keep_owner))
             .collect(),
         archive_candidate: !src.is_dir,
     }

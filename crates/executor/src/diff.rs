@@ -288,7 +288,7 @@ impl Changes {
         // The layer writer orders entries by path components, and a hardlink
         // must point to a file written before it: pick link targets in that order.
         let mut ordered: Vec<(&String, &Change)> = self.paths.iter().collect();
-        ordered.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
+        ordered.sort_by(|a, b| crate::pathmatch::path_order(a.0, b.0));
 
         let mut entries = Vec::with_capacity(self.paths.len() + self.opaque.len());
         let mut inodes: HashMap<(u64, u64), String> = HashMap::new();

@@ -1,5 +1,6 @@
 //! Slash-path helpers with the exact semantics of Go's `path/filepath` on
-//! Unix: `Clean`, `Dir` and `Match`.
+//! Unix: `Clean`, `Dir` and `Match`; and [`path_order`], the order of
+//! relative paths by components that contexts and layers are kept in.
 //!
 //! Docker and BuildKit are written in Go and their user-visible rules (how a
 //! `.dockerignore` line is normalised, which context files a `COPY src*`
@@ -11,6 +12,26 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("syntax error in pattern")]
 pub struct BadPattern;
+
+/// Compares slash-separated relative paths component by component, as
+/// `a.split('/').cmp(b.split('/'))` does but without splitting: a directory
+/// sorts right before its contents, and those before its next sibling
+/// (`a`, `a/b`, `a-c`), so a depth-first walk that visits each directory's
+/// entries by name produces this order with no sort. Paths hold no NUL and
+/// no empty components.
+///
+/// ```
+/// use rbuild_executor::pathmatch::path_order;
+/// use std::cmp::Ordering;
+/// assert_eq!(path_order("a/b", "a-c"), Ordering::Less);
+/// assert_eq!(path_order("a", "a/b"), Ordering::Less);
+/// assert_eq!(path_order("ab", "a/z"), Ordering::Greater);
+/// ```
+pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    // With `/` below every byte a name may hold, byte order is component order.
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
 
 /// Go's `filepath.Clean` for slash-separated paths: collapses repeated
 /// slashes, removes `.` elements, resolves `..` against the preceding
@@ -290,6 +311,31 @@ fn class_char(chunk: &[u8]) -> Option<(char, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_order_is_component_order() {
+        // Every pair of paths over names built from bytes around `/`
+        // ('-' and '.' sort below it, letters above).
+        let names = ["a", "a-", "a.b", "ab", "b", "-", "a0"];
+        let mut paths: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        for x in names {
+            for y in names {
+                paths.push(format!("{x}/{y}"));
+                for z in ["a", "-"] {
+                    paths.push(format!("{x}/{y}/{z}"));
+                }
+            }
+        }
+        for a in &paths {
+            for b in &paths {
+                assert_eq!(
+                    path_order(a, b),
+                    a.split('/').cmp(b.split('/')),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn go_match_table() {

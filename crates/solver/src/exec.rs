@@ -63,7 +63,7 @@ pub struct ContextSources {
 }
 
 impl ContextSources {
-    fn select(&self, patterns: &[String], excludes: &[String]) -> Result<Selection, Inner> {
+    fn select(&self, patterns: &[String], excludes: &[String]) -> Result<Selection<'_>, Inner> {
         Ok(self.context.select(patterns, excludes, true)?)
     }
 }

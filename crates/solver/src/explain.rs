@@ -269,6 +269,57 @@ impl BuildRecord {
             .join(format!("{}.json", h.finish().hex()))
     }
 
+    /// Writes the record of a build's steps (stage name, 1-based index, key
+    /// inputs), unless the record on disk already holds the same: a no-op
+    /// rebuild of a big context then neither serialises megabytes of JSON
+    /// nor rewrites them. The check reads only a small fingerprint file
+    /// beside the record, written after it.
+    pub fn store(path: &Path, steps: &[(&str, usize, &KeyInputs)]) -> rbuild_cache::Result<()> {
+        let mut h = rbuild_cache::Hasher::new();
+        for (stage, index, inputs) in steps {
+            h.update(&(stage.len() as u64).to_le_bytes());
+            h.update(stage.as_bytes());
+            h.update(&(*index as u64).to_le_bytes());
+            h.update(inputs.key().as_raw());
+            // Image names are shown by --explain but are not in the key;
+            // per-file digests are, through each selection's digest.
+            let sources = inputs.sources.iter().filter_map(|s| match s {
+                SourceInput::Image { name, .. } => Some(name),
+                _ => None,
+            });
+            let parent = match &inputs.parent {
+                ParentInput::Image { name, .. } => Some(name),
+                _ => None,
+            };
+            for name in parent.into_iter().chain(sources) {
+                h.update(&(name.len() as u64).to_le_bytes());
+                h.update(name.as_bytes());
+            }
+        }
+        let fingerprint = h.finish().hex();
+        let sum_path = path.with_extension("sum");
+        if std::fs::read(&sum_path).ok().as_deref() == Some(fingerprint.as_bytes()) {
+            return Ok(());
+        }
+        let record = BuildRecord {
+            steps: steps
+                .iter()
+                .map(|(stage, index, inputs)| RecordedStep {
+                    stage: stage.to_string(),
+                    index: *index,
+                    inputs: (*inputs).clone(),
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec(&record).expect("a build record serialises");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| rbuild_cache::Error::io("create directory", dir, e))?;
+        }
+        rbuild_cache::write_atomic(path, &json)?;
+        rbuild_cache::write_atomic(&sum_path, fingerprint.as_bytes())
+    }
+
     /// Reads a record; a missing or unreadable one is an empty record (it
     /// only feeds explanations, never results).
     pub fn load(path: &Path) -> BuildRecord {

@@ -399,28 +399,16 @@ fn run(
 
     // Remember this build's key inputs for the next `--explain`.
     let mut reports = Vec::new();
-    let mut record = BuildRecord::default();
+    let mut steps = Vec::new();
     for (i, r) in results.iter().enumerate() {
         let Some(r) = r else { continue };
         for (n, rep) in r.reports.iter().enumerate() {
             let node = &p.graph.graph[p.graph.stages[i][n]];
-            record.steps.push(RecordedStep {
-                stage: rep.info.stage_name.clone(),
-                index: rep.info.index,
-                inputs: node.inputs.clone(),
-            });
+            steps.push((rep.info.stage_name.as_str(), rep.info.index, &node.inputs));
         }
         reports.extend(r.reports.iter().cloned());
     }
-    if let Ok(json) = serde_json::to_vec(&record) {
-        // A no-op rebuild leaves the record as it was: no write, no fsync.
-        if std::fs::read(&record_path).ok().as_deref() != Some(json.as_slice()) {
-            if let Some(dir) = record_path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| store_err(Box::new(e)))?;
-            }
-            rbuild_cache::write_atomic(&record_path, &json).map_err(store_err)?;
-        }
-    }
+    BuildRecord::store(&record_path, &steps).map_err(store_err)?;
     Ok(BuildResult {
         manifest_digest: image.manifest_digest,
         config_digest: image.config_digest,
