@@ -146,6 +146,7 @@ impl BlobStore {
             out: BufWriter::with_capacity(256 * 1024, tmp),
             hasher: Hasher::new(),
             size: 0,
+            written_back: 0,
         })
     }
 
@@ -224,7 +225,14 @@ pub struct BlobWriter {
     out: BufWriter<NamedTempFile>,
     hasher: Hasher,
     size: u64,
+    /// Bytes of the file whose writeback to disk has been started.
+    written_back: u64,
 }
+
+/// How much new data in a blob file starts its writeback: the fsync that
+/// completes a blob then waits for the last few MiB, not the whole blob,
+/// and the disk writes while the data is still being produced.
+const WRITEBACK_EVERY: u64 = 16 << 20;
 
 impl BlobWriter {
     /// Bytes written so far.
@@ -287,6 +295,21 @@ impl Write for BlobWriter {
         let n = self.out.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        let in_file = self.size - self.out.buffer().len() as u64;
+        if let Some(len) = std::num::NonZeroU64::new(in_file - self.written_back)
+            .filter(|len| len.get() >= WRITEBACK_EVERY)
+        {
+            // DONTNEED starts writeback of the range's dirty pages without
+            // waiting for it. Only a hint: the fsync at the end is what
+            // makes the blob durable.
+            let _ = rustix::fs::fadvise(
+                self.out.get_ref().as_file(),
+                self.written_back,
+                Some(len),
+                rustix::fs::Advice::DontNeed,
+            );
+            self.written_back = in_file;
+        }
         Ok(n)
     }
 

@@ -4,7 +4,8 @@
 //!
 //! [`write_layer`] streams file → tar → sha256 (diffID) → compressor →
 //! sha256 (digest) → blob temp file in one pass; nothing holds a whole file
-//! or layer in memory. The tar rules that make layers reproducible (sorted
+//! or layer in memory. The compressor works on its own threads and the
+//! blob's hashing and writing on another, so the three stages overlap. The tar rules that make layers reproducible (sorted
 //! entries, PAX headers, fixed owner-name and mode rules, mtimes clamped to
 //! `SOURCE_DATE_EPOCH`) live here and in `tarball`; unpacking is in
 //! [`crate::unpack`], compression in [`crate::compress`]. Computing which
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
+use std::sync::mpsc;
 
 use rbuild_cache::{BlobStore, Digest, Hasher};
 use serde::{Deserialize, Serialize};
@@ -228,10 +230,7 @@ pub fn write_layer(
     opts: &LayerOptions,
 ) -> Result<LayerDescriptor> {
     let entries = prepare(entries)?;
-    let blob = store.writer()?;
-    let tmp = blob.temp_path().to_path_buf();
-    let enc =
-        Encoder::new(opts.compression, blob).map_err(|e| LayerError::Compression(e.to_string()))?;
+    let (tmp, enc) = blob_encoder(store, opts)?;
     let mut sink = DiffIdWriter::new(enc);
     write_tar(&entries, opts, &mut sink, &tmp)?;
     finish(sink, opts, &tmp)
@@ -249,10 +248,7 @@ pub fn compress_tar<R: Read + Send>(
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     let format = compress::sniff(&mut reader).map_err(|e| tar_err(None, e))?;
     let mut input = compress::decoder(format, reader).map_err(|e| tar_err(None, e))?;
-    let blob = store.writer()?;
-    let tmp = blob.temp_path().to_path_buf();
-    let enc =
-        Encoder::new(opts.compression, blob).map_err(|e| LayerError::Compression(e.to_string()))?;
+    let (tmp, enc) = blob_encoder(store, opts)?;
     let mut sink = DiffIdWriter::new(enc);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -275,14 +271,26 @@ fn tar_err(entry: Option<String>, e: io::Error) -> LayerError {
     }
 }
 
+/// The compressor writing into a new blob (through a [`BlobThread`]), and
+/// the blob's temp file for error messages.
+fn blob_encoder(store: &BlobStore, opts: &LayerOptions) -> Result<(PathBuf, Encoder<BlobThread>)> {
+    let blob = store.writer()?;
+    let tmp = blob.temp_path().to_path_buf();
+    let blob = BlobThread::new(blob).map_err(|e| LayerError::io("start writing", &tmp, e))?;
+    let enc =
+        Encoder::new(opts.compression, blob).map_err(|e| LayerError::Compression(e.to_string()))?;
+    Ok((tmp, enc))
+}
+
 fn finish(
-    sink: DiffIdWriter<Encoder<rbuild_cache::BlobWriter>>,
+    sink: DiffIdWriter<Encoder<BlobThread>>,
     opts: &LayerOptions,
     tmp: &std::path::Path,
 ) -> Result<LayerDescriptor> {
     let (diff_id, enc) = sink.finish();
     let blob = enc
         .finish()
+        .and_then(BlobThread::finish)
         .map_err(|e| LayerError::io("write layer blob", tmp, e))?;
     let (digest, size) = blob.finish()?;
     Ok(LayerDescriptor {
@@ -291,6 +299,87 @@ fn finish(
         size,
         media_type: opts.compression.media_type().to_string(),
     })
+}
+
+/// Hands what is written to a thread that writes it into a blob (hashing
+/// it on the way): the blob's sha256 and file writes then overlap with the
+/// tar stream's own hashing and with compression.
+struct BlobThread {
+    buf: Vec<u8>,
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<io::Result<rbuild_cache::BlobWriter>>>,
+}
+
+/// Bytes handed over at a time.
+const BLOB_CHUNK: usize = 1 << 20;
+
+impl BlobThread {
+    fn new(mut blob: rbuild_cache::BlobWriter) -> io::Result<BlobThread> {
+        // A few chunks in flight keep both sides busy; more only holds memory.
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+        let thread = std::thread::Builder::new()
+            .name("rbuild-blob".into())
+            .spawn(move || {
+                for chunk in rx {
+                    // On an error the receiver is dropped, so the writing
+                    // side stops too and reports this error.
+                    blob.write_all(&chunk)?;
+                }
+                Ok(blob)
+            })?;
+        Ok(BlobThread {
+            buf: Vec::with_capacity(BLOB_CHUNK),
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOB_CHUNK));
+        let sent = self.tx.as_ref().map(|tx| tx.send(chunk).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        // The thread stopped: its error is the one to report.
+        Err(self
+            .join()
+            .err()
+            .unwrap_or_else(|| io::Error::other("blob writer stopped")))
+    }
+
+    fn join(&mut self) -> io::Result<rbuild_cache::BlobWriter> {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("blob writer thread panicked")),
+            None => Err(io::Error::other("blob writer already finished")),
+        }
+    }
+
+    /// Writes what is left and returns the blob, all of it written.
+    fn finish(mut self) -> io::Result<rbuild_cache::BlobWriter> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl Write for BlobThread {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(BLOB_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BLOB_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Chunks are only ever written whole, in order; `finish` writes the
+        // rest.
+        Ok(())
+    }
 }
 
 /// Hashes (the diffID) and forwards everything written through it.
