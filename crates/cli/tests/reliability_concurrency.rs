@@ -8,6 +8,7 @@
 mod support;
 
 use std::fs;
+use std::path::Path;
 use std::process::{Child, Stdio};
 
 use support::*;
@@ -58,43 +59,28 @@ fn parallel_builds_rmi_and_prune_on_one_store() {
         let r = format!("R={round}");
         let out = |n: &str| w.path(&format!("out-{round}-{n}"));
         let (a1, a2, b) = (out("a1"), out("a2"), out("b"));
-        let ta1 = format!("type=local,dest={}", a1.display());
-        let ta2 = format!("type=local,dest={}", a2.display());
-        let tb = format!("type=local,dest={}", b.display());
-        let (sa, sb) = (ctx_a.to_str().unwrap(), ctx_b.to_str().unwrap());
+        let build = |tag: &str, dest: &Path, ctx: &Path| {
+            let output = format!("type=local,dest={}", dest.display());
+            let ctx = ctx.to_str().unwrap();
+            spawn(
+                &w,
+                &[
+                    "build",
+                    "-q",
+                    "--build-arg",
+                    &r,
+                    "-t",
+                    tag,
+                    "-o",
+                    &output,
+                    ctx,
+                ],
+            )
+        };
         let children = vec![
-            spawn(
-                &w,
-                &[
-                    "build",
-                    "-q",
-                    "--build-arg",
-                    &r,
-                    "-t",
-                    "a:1",
-                    "-o",
-                    &ta1,
-                    sa,
-                ],
-            ),
-            spawn(
-                &w,
-                &[
-                    "build",
-                    "-q",
-                    "--build-arg",
-                    &r,
-                    "-t",
-                    "a:2",
-                    "-o",
-                    &ta2,
-                    sa,
-                ],
-            ),
-            spawn(
-                &w,
-                &["build", "-q", "--build-arg", &r, "-t", "b", "-o", &tb, sb],
-            ),
+            build("a:1", &a1, &ctx_a),
+            build("a:2", &a2, &ctx_a),
+            build("b", &b, &ctx_b),
             spawn(&w, &["rmi", &format!("old:{round}")]),
             spawn(&w, &["tag", "base", &format!("extra:{round}")]),
             spawn(&w, &["prune"]),

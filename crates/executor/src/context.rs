@@ -108,6 +108,27 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// What the file at `host` with `lstat` metadata `meta` is; a symlink's
+    /// target is read. `None` for a Unix socket, which cannot be archived.
+    pub fn of(host: &Path, meta: &Metadata) -> io::Result<Option<EntryKind>> {
+        let ft = meta.file_type();
+        Ok(Some(if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_symlink() {
+            EntryKind::Symlink(fs::read_link(host)?.to_string_lossy().into_owned())
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice
+        } else {
+            return Ok(None);
+        }))
+    }
+
     fn tag(&self) -> u8 {
         match self {
             EntryKind::Dir => b'd',
@@ -589,25 +610,19 @@ impl Walker<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err("stat", &dirent.path())(e)),
         };
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
+        let kind = if meta.is_dir() {
+            // No path to build for the common case of a directory.
             EntryKind::Dir
-        } else if ft.is_file() {
-            EntryKind::File
-        } else if ft.is_symlink() {
-            let host = dirent.path();
-            let target = fs::read_link(&host).map_err(io_err("read symlink", &host))?;
-            EntryKind::Symlink(target.to_string_lossy().into_owned())
-        } else if ft.is_fifo() {
-            EntryKind::Fifo
-        } else if ft.is_char_device() {
-            EntryKind::CharDevice
-        } else if ft.is_block_device() {
-            EntryKind::BlockDevice
         } else {
-            // Sockets cannot be archived; Docker skips them too.
-            out.skipped.push(rel);
-            return Ok(());
+            let host = dirent.path();
+            match EntryKind::of(&host, &meta).map_err(io_err("read symlink", &host))? {
+                Some(kind) => kind,
+                // Sockets cannot be archived; Docker skips them too.
+                None => {
+                    out.skipped.push(rel);
+                    return Ok(());
+                }
+            }
         };
         let (excluded, child_state) = if self.matcher.is_empty() {
             (false, MatchState::default())

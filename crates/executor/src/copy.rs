@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_image::rootfs;
@@ -460,7 +460,11 @@ fn items_from_root(root: &Path, paths: &[String], excludes: &[String]) -> Result
                 items.push(item);
             } else {
                 let entry = Entry {
-                    kind: entry_kind(&host, &meta)?,
+                    // A socket named as a `--from` source is taken as a
+                    // regular file here.
+                    kind: EntryKind::of(&host, &meta)
+                        .map_err(io_err("read symlink", &host))?
+                        .unwrap_or(EntryKind::File),
                     meta,
                 };
                 if matcher.excluded(&name).map_err(ContextError::Exclude)? {
@@ -477,24 +481,6 @@ fn items_from_root(root: &Path, paths: &[String], excludes: &[String]) -> Result
         }
     }
     Ok(items)
-}
-
-fn entry_kind(host: &Path, meta: &fs::Metadata) -> Result<EntryKind> {
-    let ft = meta.file_type();
-    Ok(if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_symlink() {
-        let t = fs::read_link(host).map_err(io_err("read symlink", host))?;
-        EntryKind::Symlink(t.to_string_lossy().into_owned())
-    } else if ft.is_fifo() {
-        EntryKind::Fifo
-    } else if ft.is_char_device() {
-        EntryKind::CharDevice
-    } else if ft.is_block_device() {
-        EntryKind::BlockDevice
-    } else {
-        EntryKind::File
-    })
 }
 
 /// Joins image paths.
