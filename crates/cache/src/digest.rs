@@ -120,6 +120,13 @@ impl Hasher {
         self.0.update(data);
     }
 
+    /// Feeds a field: its length (u64, little endian), then its bytes, so
+    /// that consecutive fields cannot run into each other.
+    pub fn update_field(&mut self, data: &[u8]) {
+        self.0.update((data.len() as u64).to_le_bytes());
+        self.0.update(data);
+    }
+
     /// The digest of everything fed so far.
     pub fn finish(self) -> Digest {
         Digest(self.0.finalize().into())
@@ -140,6 +147,23 @@ impl std::io::Write for Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_delimited_by_their_length() {
+        let fields = |parts: &[&[u8]]| {
+            let mut h = Hasher::new();
+            for p in parts {
+                h.update_field(p);
+            }
+            h.finish()
+        };
+        assert_ne!(fields(&[b"ab", b"c"]), fields(&[b"a", b"bc"]));
+        // The encoding: u64 little-endian length, then the bytes.
+        assert_eq!(
+            fields(&[b"ab"]),
+            Digest::of_bytes(&[2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b'])
+        );
+    }
 
     #[test]
     fn rejects_bad_forms() {

@@ -735,11 +735,11 @@ impl<'a> Selection<'a> {
         let mut files = Vec::with_capacity(all.len());
         let mut index = 0;
         for source in &self.sources {
-            record_str(&mut h, &source.source);
-            record_str(&mut h, &source.path);
+            h.update_field(source.source.as_bytes());
+            h.update_field(source.path.as_bytes());
             h.update(&(source.files.len() as u64).to_le_bytes());
             for f in &source.files {
-                record_str(&mut h, f.rel);
+                h.update_field(f.rel.as_bytes());
                 h.update(per_file[index].as_raw());
                 files.push((f.context_path.to_string(), per_file[index]));
                 index += 1;
@@ -762,14 +762,14 @@ impl<'a> Selection<'a> {
     fn entry_digest(&self, f: &SelectedFile, cache: &StatCache) -> Result<Digest> {
         let meta = &f.entry.meta;
         let mut h = Hasher::new();
-        record_str(&mut h, f.context_path);
+        h.update_field(f.context_path.as_bytes());
         h.update(&[f.entry.kind.tag()]);
         h.update(&f.entry.mode().to_le_bytes());
         h.update(&meta.uid().to_le_bytes());
         h.update(&meta.gid().to_le_bytes());
         match &f.entry.kind {
             EntryKind::File => h.update(self.content_digest(f, cache)?.as_raw()),
-            EntryKind::Symlink(target) => record_str(&mut h, target),
+            EntryKind::Symlink(target) => h.update_field(target.as_bytes()),
             EntryKind::CharDevice | EntryKind::BlockDevice => h.update(&meta.rdev().to_le_bytes()),
             EntryKind::Dir | EntryKind::Fifo => {}
         }
@@ -788,10 +788,4 @@ impl<'a> Selection<'a> {
         cache.insert(f.context_path, &f.entry.meta, d);
         Ok(d)
     }
-}
-
-/// Length-prefixed string, so concatenations cannot collide.
-fn record_str(h: &mut Hasher, s: &str) {
-    h.update(&(s.len() as u64).to_le_bytes());
-    h.update(s.as_bytes());
 }

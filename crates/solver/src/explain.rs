@@ -277,8 +277,7 @@ impl BuildRecord {
     pub fn store(path: &Path, steps: &[(&str, usize, &KeyInputs)]) -> rbuild_cache::Result<()> {
         let mut h = rbuild_cache::Hasher::new();
         for (stage, index, inputs) in steps {
-            h.update(&(stage.len() as u64).to_le_bytes());
-            h.update(stage.as_bytes());
+            h.update_field(stage.as_bytes());
             h.update(&(*index as u64).to_le_bytes());
             h.update(inputs.key().as_raw());
             // Image names are shown by --explain but are not in the key;
@@ -292,8 +291,7 @@ impl BuildRecord {
                 _ => None,
             };
             for name in parent.into_iter().chain(sources) {
-                h.update(&(name.len() as u64).to_le_bytes());
-                h.update(name.as_bytes());
+                h.update_field(name.as_bytes());
             }
         }
         let fingerprint = h.finish().hex();
