@@ -837,12 +837,7 @@ impl Store {
     /// Listed images without a name (`<none>:<none>`).
     pub fn dangling(&self) -> Result<Vec<Image>> {
         let index = self.index()?;
-        let named: Vec<Digest> = index
-            .manifests
-            .iter()
-            .filter(|d| entry_name(d).is_some())
-            .map(|d| d.digest)
-            .collect();
+        let named = named_digests(&index);
         let mut out = Vec::new();
         for d in &index.manifests {
             if entry_name(d).is_none() && !named.contains(&d.digest) {
@@ -931,12 +926,7 @@ impl Store {
 
         // Images: named ones stay; untagged ones go with --all unless leased.
         let index = self.index()?;
-        let named: BTreeSet<Digest> = index
-            .manifests
-            .iter()
-            .filter(|d| entry_name(d).is_some())
-            .map(|d| d.digest)
-            .collect();
+        let named = named_digests(&index);
         let mut kept_images = Vec::new();
         for d in &index.manifests {
             let drop =
@@ -1145,6 +1135,17 @@ pub fn entry_name(d: &Descriptor) -> Option<Reference> {
         .filter(|n| n.contains(['/', ':']))
         .and_then(|n| Reference::parse(n).ok())
         .filter(|r| r.tag().is_some())
+}
+
+/// The manifest digests that at least one named index entry points to (an
+/// untagged entry of such a digest is another encoding of a named image).
+fn named_digests(index: &Index) -> BTreeSet<Digest> {
+    index
+        .manifests
+        .iter()
+        .filter(|d| entry_name(d).is_some())
+        .map(|d| d.digest)
+        .collect()
 }
 
 fn entry_key(d: &Descriptor) -> String {
